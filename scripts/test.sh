@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what is missing
+# (PostgreSQL, skopeo, podman, buildah, oras), starts a PostgreSQL server on
+# 127.0.0.1:5432 if none answers there, then runs formatting, lint and every test.
+#
+# Environment:
+#   CI=true                  a missing PostgreSQL or client tool is a failure
+#   CAIRN_TEST_POSTGRES_URL  use this server instead of starting one
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# ---- tools ------------------------------------------------------------------
+apt_install postgresql skopeo podman buildah uidmap fuse-overlayfs
+if ! python3 -c 'import oras' 2>/dev/null; then
+  log "installing oras (PyPI)"
+  python3 -m pip install -q 'oras==0.2.*'
+fi
+
+# ---- PostgreSQL ---------------------------------------------------------------
+export CAIRN_TEST_POSTGRES_URL=${CAIRN_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
+if ! pg_up; then
+  log "starting a private PostgreSQL server on 127.0.0.1:5432"
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  pgdata="$root/target/pgdata"
+  mkdir -p "$root/target"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    rm -rf "$pgdata"; mkdir -p "$pgdata"; chown postgres "$pgdata"
+    pwfile=$(mktemp); echo postgres > "$pwfile"; chmod 644 "$pwfile"
+    runuser -u postgres -- "$pgbin/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" -A scram-sha-256 >/dev/null
+    rm -f "$pwfile"
+  fi
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p 5432 -k /tmp -c max_connections=300 -c fsync=off" start >/dev/null
+fi
+for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+pg_up || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+
+# ---- checks and tests -------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --locked --all-targets -- --test-threads 4

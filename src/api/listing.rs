@@ -1,0 +1,81 @@
+//! Listings: tags (end-8a/b), catalog, referrers (end-12a/b).
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::{number, Ctx};
+use crate::domain::{media, Digest, RepoName};
+use crate::error::ApiError;
+use crate::metadata::Page;
+use crate::service::ReferrersQuery;
+
+/// A JSON page with an RFC 8288 `Link` to the next one when more remain.
+fn paged(base: &str, n: Option<u32>, page: &Page, body: Value) -> Response {
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    if page.more {
+        if let Some(last) = page.items.last() {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            q.append_pair("last", last);
+            let link = format!("<{base}?{}>; rel=\"next\"", q.finish());
+            if let Ok(v) = link.parse() {
+                resp.headers_mut().insert(header::LINK, v);
+            }
+        }
+    }
+    resp
+}
+
+pub(super) async fn tags(ctx: &Ctx<'_>, repo: &RepoName) -> Result<Response, ApiError> {
+    let n = number(ctx.query, "n")?;
+    let page = ctx.registry.tags(repo, n, ctx.query.get("last")).await?;
+    let body = json!({"name": repo.as_str(), "tags": page.items});
+    Ok(paged(&format!("/v2/{repo}/tags/list"), n, &page, body))
+}
+
+pub(super) async fn catalog(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
+    let n = number(ctx.query, "n")?;
+    let page = ctx.registry.catalog(n, ctx.query.get("last")).await?;
+    let body = json!({"repositories": page.items});
+    Ok(paged("/v2/_catalog", n, &page, body))
+}
+
+pub(super) async fn referrers(
+    ctx: &Ctx<'_>,
+    repo: &RepoName,
+    subject: &Digest,
+) -> Result<Response, ApiError> {
+    let q = ReferrersQuery {
+        artifact_type: ctx.query.get("artifactType").map(str::to_string),
+    };
+    let list = ctx.registry.referrers(repo, subject, &q).await?;
+    let manifests: Vec<Value> = list
+        .into_iter()
+        .map(|r| {
+            let mut d = Map::new();
+            d.insert("mediaType".into(), r.media_type.into());
+            d.insert("digest".into(), r.digest.into());
+            d.insert("size".into(), r.size.into());
+            if let Some(a) = r.artifact_type {
+                d.insert("artifactType".into(), a.into());
+            }
+            if let Some(a) = r.annotations {
+                d.insert("annotations".into(), json!(a));
+            }
+            Value::Object(d)
+        })
+        .collect();
+    let body = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests});
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, media::OCI_INDEX);
+    if q.artifact_type.is_some() {
+        resp = resp.header("OCI-Filters-Applied", "artifactType");
+    }
+    Ok(resp
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}

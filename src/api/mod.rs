@@ -1,0 +1,183 @@
+//! HTTP handlers of the distribution API. They parse requests into domain values,
+//! call the service layer and write responses. No SQL and no object keys here.
+
+mod blobs;
+mod listing;
+mod manifests;
+pub mod routes;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+
+use crate::error::{ApiError, Code};
+use crate::service::Registry;
+use routes::Route;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+}
+
+/// The registry's router: the distribution API under `/v2`, and health probes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(dispatch))
+        .route("/v2/", any(dispatch))
+        .route("/v2/{*rest}", any(dispatch))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            ApiError::new(Code::Unsupported, "no such endpoint").with_status(StatusCode::NOT_FOUND)
+        })
+        .with_state(Arc::new(state))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.registry.metadata().ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+/// Query parameters in order, repeated keys kept (`?tag=a&tag=b`).
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A header's value if present and valid text.
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Routes one `/v2` request by its parsed [`Route`] and method.
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let route = match Route::parse(req.uri().path()) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return ApiError::new(
+                Code::Unsupported,
+                format!("no endpoint at {}", req.uri().path()),
+            )
+            .with_status(StatusCode::NOT_FOUND)
+            .into_response()
+        }
+        Err(e) => return e.into_response(),
+    };
+    tracing::Span::current().record("route", route.template());
+    if let Some(repo) = route.repository() {
+        tracing::Span::current().record("repository", repo.as_str());
+    }
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let ctx = Ctx {
+        registry: &state.registry,
+        headers: &parts.headers,
+        query: &query,
+    };
+    let m = &parts.method;
+    let result = match route {
+        Route::Base if m == Method::GET || m == Method::HEAD => Ok(base()),
+        Route::Catalog if m == Method::GET => listing::catalog(&ctx).await,
+        Route::Blob(repo, d) if m == Method::GET => blobs::get(&ctx, &repo, &d, false).await,
+        Route::Blob(repo, d) if m == Method::HEAD => blobs::get(&ctx, &repo, &d, true).await,
+        Route::Blob(repo, d) if m == Method::DELETE => blobs::delete(&ctx, &repo, &d).await,
+        Route::Uploads(repo) if m == Method::POST => uploads::start(&ctx, &repo, body).await,
+        Route::Upload(repo, id) if m == Method::PATCH => {
+            uploads::patch(&ctx, &repo, &id, body).await
+        }
+        Route::Upload(repo, id) if m == Method::PUT => uploads::put(&ctx, &repo, &id, body).await,
+        Route::Upload(repo, id) if m == Method::GET => uploads::status(&ctx, &repo, &id).await,
+        Route::Upload(repo, id) if m == Method::DELETE => uploads::cancel(&ctx, &repo, &id).await,
+        Route::Manifest(repo, r) if m == Method::GET => {
+            manifests::get(&ctx, &repo, &r, false).await
+        }
+        Route::Manifest(repo, r) if m == Method::HEAD => {
+            manifests::get(&ctx, &repo, &r, true).await
+        }
+        Route::Manifest(repo, r) if m == Method::PUT => manifests::put(&ctx, &repo, &r, body).await,
+        Route::Manifest(repo, r) if m == Method::DELETE => manifests::delete(&ctx, &repo, &r).await,
+        Route::Tags(repo) if m == Method::GET => listing::tags(&ctx, &repo).await,
+        Route::Referrers(repo, d) if m == Method::GET => listing::referrers(&ctx, &repo, &d).await,
+        _ => Err(ApiError::new(
+            Code::Unsupported,
+            format!("{} is not supported on {}", m, route.template()),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a handler needs of the request besides its route and body.
+pub(crate) struct Ctx<'a> {
+    pub registry: &'a Registry,
+    pub headers: &'a HeaderMap,
+    pub query: &'a Query,
+}
+
+/// end-1: the API version check.
+fn base() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+/// An empty-bodied response with the given status and headers.
+pub(crate) fn empty(status: StatusCode, headers: &[(&str, String)]) -> Response {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    b.header(header::CONTENT_LENGTH, "0")
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Parses an optional numeric query parameter, with a clear error.
+pub(crate) fn number(q: &Query, key: &str) -> Result<Option<u32>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| {
+                ApiError::new(
+                    Code::Unsupported,
+                    format!("query parameter {key}={v:?} must be a non-negative integer"),
+                )
+                .with_status(StatusCode::BAD_REQUEST)
+            })
+        })
+        .transpose()
+}

@@ -1,0 +1,178 @@
+//! Typed configuration: built-in defaults, then an optional TOML file, then
+//! `CAIRN_*` environment variables (nested keys joined by `__`, e.g.
+//! `CAIRN_DATABASE__URL`). With nothing set, Cairn runs the embedded default:
+//! 127.0.0.1:5000, SQLite at `./data/cairn.db`, blobs under `./data/blobs`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::service::Limits;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user:password@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// An object_store URL: `file:///abs/path` (or `file://./relative`),
+    /// `memory://`, `s3://bucket/prefix`, `gs://…`, `az://…`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_manifest_bytes: u64,
+    /// 0 means unlimited.
+    pub max_blob_bytes: u64,
+    pub allow_sparse_manifests: bool,
+    pub max_page: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `cairn=debug,tower_http=info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let l = Limits::default();
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            database: DatabaseConfig {
+                url: "sqlite://./data/cairn.db".into(),
+                max_connections: 16,
+                acquire_timeout_secs: 5,
+            },
+            storage: StorageConfig {
+                url: "file://./data/blobs".into(),
+            },
+            limits: LimitsConfig {
+                max_manifest_bytes: l.max_manifest_bytes,
+                max_blob_bytes: 0,
+                allow_sparse_manifests: l.allow_sparse_manifests,
+                max_page: l.max_page,
+            },
+            log: LogConfig {
+                format: "pretty".into(),
+                level: "info".into(),
+            },
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `CAIRN_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = file {
+            if !p.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "configuration file {} does not exist",
+                    p.display()
+                ))));
+            }
+            f = f.merge(Toml::file(p));
+        }
+        f.merge(Env::prefixed("CAIRN_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_manifest_bytes: self.limits.max_manifest_bytes,
+            max_blob_bytes: if self.limits.max_blob_bytes == 0 {
+                u64::MAX
+            } else {
+                self.limits.max_blob_bytes
+            },
+            allow_sparse_manifests: self.limits.allow_sparse_manifests,
+            max_page: self.limits.max_page.max(1),
+        }
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.database.acquire_timeout_secs)
+    }
+
+    /// The storage URL with a relative `file://` path made absolute.
+    pub fn storage_url(&self) -> std::io::Result<String> {
+        let u = &self.storage.url;
+        if let Some(rest) = u.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                std::fs::create_dir_all(rest)?;
+                let abs = std::fs::canonicalize(rest)?;
+                return Ok(url::Url::from_directory_path(&abs)
+                    .map_err(|_| std::io::Error::other("bad storage path"))?
+                    .to_string());
+            }
+        }
+        Ok(u.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_and_matches_the_defaults_it_documents() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cairn.example.toml");
+        let c = Config::load(Some(&path)).expect("config/cairn.example.toml must load");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "listen = \"127.0.0.1:6000\"\n[database]\nurl = \"sqlite://x.db\"\n",
+            )?;
+            jail.set_env("CAIRN_DATABASE__URL", "postgres://u@127.0.0.1/db");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 6000);
+            assert_eq!(c.database.url, "postgres://u@127.0.0.1/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "lisen = \"127.0.0.1:6000\"\n")?;
+            assert!(Config::load(Some(Path::new("c.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,89 @@
+//! The `cairn` binary: configuration, logging, and the subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use cairn::{App, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "An OCI registry whose published artifacts never change"
+)]
+struct Cli {
+    /// TOML configuration file (see config/cairn.example.toml).
+    #[arg(long, short, global = true, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry (migrates the database first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration (defaults, file, environment) as TOML.
+    Config,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+fn init_tracing(config: &Config) {
+    let filter =
+        EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(&config);
+    match cli.command {
+        Command::Serve => {
+            let app = App::build(&config).await?;
+            tracing::info!(
+                address = %app.local_addr()?,
+                database = app.registry().metadata().backend_name(),
+                "cairn listening"
+            );
+            app.run(shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            let meta = cairn::open_metadata(&config).await?;
+            println!("migrations applied ({})", meta.backend_name());
+            meta.close().await;
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config)?);
+        }
+    }
+    Ok(())
+}

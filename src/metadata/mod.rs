@@ -1,0 +1,810 @@
+//! Registry metadata in a relational database: repositories, which blobs each
+//! repository may serve, manifests and what they reference, tags, and upload
+//! sessions.
+//!
+//! One type, [`Metadata`], with two backends: SQLite (the embedded default) and
+//! PostgreSQL. Every query is written once in the SQL both dialects share
+//! (`$n` parameters in ascending order, `ON CONFLICT`, `RETURNING`) and run
+//! through [`on_read!`]/[`on_write!`], which pick the backend's pool. This layer
+//! knows nothing of HTTP or of object keys' meaning; it stores the keys it is given.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::domain::{Digest, RepoName, Tag};
+use crate::storage::StoredPart;
+
+#[cfg(test)]
+mod tests;
+
+/// Errors of the metadata layer. Database text never reaches clients.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
+    Url(String),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether the database is unreachable or overloaded (retryable), rather than
+    /// a bug: the API answers those with 503.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
+        )
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Clone)]
+enum Backend {
+    /// SQLite allows one writer at a time; a one-connection write pool makes
+    /// writers queue in the pool instead of failing with SQLITE_BUSY, while
+    /// readers use their own pool (WAL lets them run beside the writer).
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to a pool that may read.
+macro_rules! on_read {
+    ($self:expr, |$p:ident| $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite { read, .. } => {
+                let $p = read;
+                $body
+            }
+            Backend::Postgres(pg) => {
+                let $p = pg;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$p` bound to a pool that may write.
+macro_rules! on_write {
+    ($self:expr, |$p:ident| $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite { write, .. } => {
+                let $p = write;
+                $body
+            }
+            Backend::Postgres(pg) => {
+                let $p = pg;
+                $body
+            }
+        }
+    };
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// An upload session.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: String,
+    pub repository_id: i64,
+    pub algorithm: String,
+    pub hash_state: Vec<u8>,
+    pub size: u64,
+    pub parts: Vec<StoredPart>,
+}
+
+/// A stored manifest's index entry (its bytes are a blob).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A manifest that names another as its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Everything recorded when a manifest is pushed.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    pub size: u64,
+    pub annotations: BTreeMap<String, String>,
+    pub blobs: Vec<Digest>,
+    pub children: Vec<Digest>,
+}
+
+/// A page of names and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The registry's metadata store.
+#[derive(Clone)]
+pub struct Metadata {
+    backend: Backend,
+}
+
+impl Metadata {
+    /// Connects (creating an SQLite file and its directory if needed).
+    pub async fn connect(opts: &DbOptions) -> Result<Metadata> {
+        let url = opts.url.as_str();
+        if url.starts_with("sqlite:") {
+            let co = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on disk before the registry acknowledges it.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            if let Some(dir) = co.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+                }
+            }
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(co.clone())
+                .await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections.max(2))
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(co.read_only(true))
+                .await?;
+            Ok(Metadata {
+                backend: Backend::Sqlite { read, write },
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pg = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect(url)
+                .await?;
+            Ok(Metadata {
+                backend: Backend::Postgres(pg),
+            })
+        } else {
+            Err(Error::Url(url.to_string()))
+        }
+    }
+
+    /// Applies pending migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite { write, .. } => sqlx::migrate!("migrations/sqlite").run(write).await?,
+            Backend::Postgres(pg) => sqlx::migrate!("migrations/postgres").run(pg).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        on_read!(self, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Backend::Postgres(pg) => pg.close().await,
+        }
+    }
+
+    // ---- repositories -------------------------------------------------------
+
+    pub async fn repository_id(&self, name: &RepoName) -> Result<Option<i64>> {
+        let id = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM repositories WHERE name = $1"
+        )
+        .bind(name.as_str())
+        .fetch_optional(p)
+        .await)?;
+        Ok(id)
+    }
+
+    /// The repository's id, creating it on first use.
+    pub async fn ensure_repository(&self, name: &RepoName) -> Result<i64> {
+        if let Some(id) = self.repository_id(name).await? {
+            return Ok(id);
+        }
+        let id = on_write!(self, |p| {
+            sqlx::query(
+                "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name.as_str())
+            .bind(now_ms())
+            .execute(p)
+            .await?;
+            sqlx::query_scalar::<_, i64>("SELECT id FROM repositories WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_one(p)
+                .await
+        })?;
+        Ok(id)
+    }
+
+    /// Repository names in order, after `last`, at most `n`.
+    pub async fn list_repositories(&self, last: Option<&str>, n: u32) -> Result<Page> {
+        let rows = on_read!(self, |p| sqlx::query_scalar::<_, String>(
+            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2"
+        )
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(n) + 1)
+        .fetch_all(p)
+        .await)?;
+        Ok(page(rows, n))
+    }
+
+    // ---- blobs --------------------------------------------------------------
+
+    /// Size of `digest` if `repo` may serve it.
+    pub async fn repository_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let size = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT b.size FROM blobs b
+               JOIN repository_blobs rb ON rb.digest = b.digest
+               JOIN repositories r ON r.id = rb.repository_id
+              WHERE r.name = $1 AND b.digest = $2"
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(p)
+        .await)?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    /// Size of a stored blob, whichever repository holds it.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let size = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT size FROM blobs WHERE digest = $1"
+        )
+        .bind(digest.as_str())
+        .fetch_optional(p)
+        .await)?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    /// Records a stored, verified blob and lets `repository_id` serve it.
+    pub async fn link_blob(&self, repository_id: i64, digest: &Digest, size: u64) -> Result<()> {
+        on_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            insert_blob(&mut *tx, digest, size).await?;
+            link(&mut *tx, repository_id, digest).await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// Stops `repo` serving `digest`; the bytes stay until garbage collection.
+    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let n = on_write!(self, |p| sqlx::query(
+            "DELETE FROM repository_blobs
+              WHERE digest = $1 AND repository_id = (SELECT id FROM repositories WHERE name = $2)"
+        )
+        .bind(digest.as_str())
+        .bind(repo.as_str())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// Which of `digests` `repository_id` cannot serve as blobs.
+    pub async fn missing_blobs(
+        &self,
+        repository_id: i64,
+        digests: &[Digest],
+    ) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for d in digests {
+            let found = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+                "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
+            )
+            .bind(repository_id)
+            .bind(d.as_str())
+            .fetch_optional(p)
+            .await)?;
+            if found.is_none() {
+                missing.push(d.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Which of `digests` are not manifests of `repository_id`.
+    pub async fn missing_manifests(
+        &self,
+        repository_id: i64,
+        digests: &[Digest],
+    ) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for d in digests {
+            let found = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+                "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
+            )
+            .bind(repository_id)
+            .bind(d.as_str())
+            .fetch_optional(p)
+            .await)?;
+            if found.is_none() {
+                missing.push(d.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    // ---- uploads ------------------------------------------------------------
+
+    pub async fn create_upload(
+        &self,
+        repository_id: i64,
+        id: &str,
+        algorithm: &str,
+        hash_state: &[u8],
+    ) -> Result<()> {
+        let now = now_ms();
+        on_write!(self, |p| {
+            sqlx::query(
+            "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 0, $5, $5)"
+        )
+        .bind(id)
+        .bind(repository_id)
+        .bind(algorithm)
+        .bind(hash_state)
+        .bind(now)
+        .execute(p)
+        .await
+        .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// The session `id` of repository `repo`, with its parts in order.
+    pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<Upload>> {
+        let row = on_read!(self, |p| sqlx::query_as::<
+            _,
+            (String, i64, String, Vec<u8>, i64),
+        >(
+            "SELECT u.id, u.repository_id, u.algorithm, u.hash_state, u.size
+               FROM uploads u JOIN repositories r ON r.id = u.repository_id
+              WHERE u.id = $1 AND r.name = $2"
+        )
+        .bind(id)
+        .bind(repo.as_str())
+        .fetch_optional(p)
+        .await)?;
+        let Some((id, repository_id, algorithm, hash_state, size)) = row else {
+            return Ok(None);
+        };
+        let parts =
+            on_read!(self, |p| {
+                sqlx::query_as::<_, (String, i64)>(
+            "SELECT object_key, size FROM upload_parts WHERE upload_id = $1 ORDER BY start_offset"
+        )
+        .bind(&id)
+        .fetch_all(p)
+        .await
+            })?
+            .into_iter()
+            .map(|(key, size)| StoredPart {
+                key,
+                size: size as u64,
+            })
+            .collect();
+        Ok(Some(Upload {
+            id,
+            repository_id,
+            algorithm,
+            hash_state,
+            size: size as u64,
+            parts,
+        }))
+    }
+
+    /// Appends a stored chunk to upload `id` if the upload is still at
+    /// `expected_size`. Returns false when another request moved it first (the
+    /// caller then deletes its chunk): two replicas can never both append at one
+    /// offset.
+    pub async fn append_upload(
+        &self,
+        id: &str,
+        expected_size: u64,
+        part: &StoredPart,
+        hash_state: &[u8],
+    ) -> Result<bool> {
+        let ok = on_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3
+                  WHERE id = $4 AND size = $5",
+            )
+            .bind((expected_size + part.size) as i64)
+            .bind(hash_state)
+            .bind(now_ms())
+            .bind(id)
+            .bind(expected_size as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                sqlx::query(
+                    "INSERT INTO upload_parts (upload_id, start_offset, object_key, size) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(expected_size as i64)
+                .bind(&part.key)
+                .bind(part.size as i64)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Ok::<bool, sqlx::Error>(n == 1)
+        })?;
+        Ok(ok)
+    }
+
+    /// Completes upload `id`: the blob becomes visible in the repository and the
+    /// session disappears, in one transaction. Returns false if the session was
+    /// already gone (finished or cancelled concurrently).
+    pub async fn finish_upload(
+        &self,
+        id: &str,
+        repository_id: i64,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<bool> {
+        let ok = on_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                insert_blob(&mut *tx, digest, size).await?;
+                link(&mut *tx, repository_id, digest).await?;
+                tx.commit().await?;
+            }
+            Ok::<bool, sqlx::Error>(n == 1)
+        })?;
+        Ok(ok)
+    }
+
+    /// Deletes upload `id` of `repo`, returning its chunks' keys for cleanup.
+    pub async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<Vec<String>>> {
+        let Some(upload) = self.upload(repo, id).await? else {
+            return Ok(None);
+        };
+        on_write!(self, |p| sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|_| ()))?;
+        Ok(Some(upload.parts.into_iter().map(|p| p.key).collect()))
+    }
+
+    // ---- manifests and tags -------------------------------------------------
+
+    /// Records a manifest and binds `tags` to it, all in one transaction: either
+    /// every tag points at the new manifest or none does.
+    pub async fn put_manifest(
+        &self,
+        repository_id: i64,
+        m: &NewManifest,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let annotations = if m.annotations.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&m.annotations).map_err(|e| Error::Corrupt(e.to_string()))?)
+        };
+        let now = now_ms();
+        on_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            insert_blob(&mut *tx, &m.digest, m.size).await?;
+            sqlx::query(
+                "INSERT INTO manifests
+                   (repository_id, digest, media_type, artifact_type, subject_digest, size, annotations, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (repository_id, digest) DO NOTHING",
+            )
+            .bind(repository_id)
+            .bind(m.digest.as_str())
+            .bind(&m.media_type)
+            .bind(m.artifact_type.as_deref())
+            .bind(m.subject.as_ref().map(|s| s.as_str()))
+            .bind(m.size as i64)
+            .bind(annotations.as_deref())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for b in &m.blobs {
+                sqlx::query(
+                    "INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(repository_id)
+                .bind(m.digest.as_str())
+                .bind(b.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for c in &m.children {
+                sqlx::query(
+                    "INSERT INTO manifest_children (repository_id, parent_digest, child_digest)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(repository_id)
+                .bind(m.digest.as_str())
+                .bind(c.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for t in tags {
+                sqlx::query(
+                    "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $4)
+                     ON CONFLICT (repository_id, name)
+                     DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+                )
+                .bind(repository_id)
+                .bind(t.as_str())
+                .bind(m.digest.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// The manifest `tag` points at in `repo`.
+    pub async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>> {
+        let row = on_read!(self, |p| {
+            sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT m.digest, m.media_type, m.size
+               FROM tags t
+               JOIN repositories r ON r.id = t.repository_id
+               JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
+              WHERE r.name = $1 AND t.name = $2"
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(p)
+        .await
+        })?;
+        Ok(row.map(record))
+    }
+
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>> {
+        let row = on_read!(self, |p| sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT m.digest, m.media_type, m.size
+               FROM manifests m JOIN repositories r ON r.id = m.repository_id
+              WHERE r.name = $1 AND m.digest = $2"
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.map(record))
+    }
+
+    /// Deletes a manifest and every tag pointing at it. Returns false if `repo`
+    /// has no such manifest.
+    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let Some(id) = self.repository_id(repo).await? else {
+            return Ok(false);
+        };
+        let n = on_write!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2")
+                .bind(id)
+                .bind(digest.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+                .bind(id)
+                .bind(digest.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Removes a tag (the manifest stays). Returns false if there was none.
+    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let n = on_write!(self, |p| sqlx::query(
+            "DELETE FROM tags WHERE name = $1
+               AND repository_id = (SELECT id FROM repositories WHERE name = $2)"
+        )
+        .bind(tag.as_str())
+        .bind(repo.as_str())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
+    }
+
+    /// Tags of `repo` in lexical order after `last`, at most `n`; `None` if the
+    /// repository does not exist.
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: u32,
+    ) -> Result<Option<Page>> {
+        let Some(id) = self.repository_id(repo).await? else {
+            return Ok(None);
+        };
+        let rows =
+            on_read!(self, |p| {
+                sqlx::query_scalar::<_, String>(
+            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+        )
+        .bind(id)
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(n) + 1)
+        .fetch_all(p)
+        .await
+            })?;
+        Ok(Some(page(rows, n)))
+    }
+
+    /// Manifests of `repo` whose subject is `subject`, oldest first.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>> {
+        let rows = on_read!(self, |p| sqlx::query_as::<
+            _,
+            (String, String, i64, Option<String>, Option<String>),
+        >(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
+               FROM manifests m JOIN repositories r ON r.id = m.repository_id
+              WHERE r.name = $1 AND m.subject_digest = $2
+              ORDER BY m.created_at, m.digest"
+        )
+        .bind(repo.as_str())
+        .bind(subject.as_str())
+        .fetch_all(p)
+        .await)?;
+        rows.into_iter()
+            .map(|(digest, media_type, size, artifact_type, annotations)| {
+                let annotations = annotations
+                    .map(|a| serde_json::from_str(&a))
+                    .transpose()
+                    .map_err(|e| Error::Corrupt(format!("annotations of {digest}: {e}")))?;
+                Ok(Referrer {
+                    digest,
+                    media_type,
+                    size: size as u64,
+                    artifact_type,
+                    annotations,
+                })
+            })
+            .collect()
+    }
+}
+
+fn record((digest, media_type, size): (String, String, i64)) -> ManifestRecord {
+    ManifestRecord {
+        digest,
+        media_type,
+        size: size as u64,
+    }
+}
+
+fn page(mut rows: Vec<String>, n: u32) -> Page {
+    let more = rows.len() > n as usize;
+    rows.truncate(n as usize);
+    Page { items: rows, more }
+}
+
+/// `INSERT` of a blob row, valid in both dialects, on any executor.
+async fn insert_blob<'e, E, DB>(
+    ex: E,
+    digest: &Digest,
+    size: u64,
+) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(digest.as_str())
+    .bind(size as i64)
+    .bind(now_ms())
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+async fn link<'e, E, DB>(
+    ex: E,
+    repository_id: i64,
+    digest: &Digest,
+) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+    )
+    .bind(repository_id)
+    .bind(digest.as_str())
+    .bind(now_ms())
+    .execute(ex)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The registry's use cases: what happens when a blob is uploaded, a manifest
+//! pushed, a tag resolved. Handlers call these; these call storage and metadata.
+//!
+//! The ordering rule that keeps acknowledged data safe lives here: **bytes are
+//! written to the object store before the metadata that makes them visible is
+//! committed.** A crash between the two leaves unreferenced bytes (reclaimed by
+//! garbage collection), never a row pointing at missing content.
+
+mod registry;
+
+pub use registry::{
+    BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry, UploadProgress,
+};
+
+use crate::domain::manifest::ManifestError;
+use crate::domain::{Digest, NameError, RangeError, RepoName};
+use crate::{metadata, storage};
+
+/// Everything that can go wrong in a use case; `crate::error` maps each variant
+/// to one OCI error code and HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("repository {0} is not known to this registry")]
+    NameUnknown(RepoName),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("blob {0} is not known to this repository")]
+    BlobUnknown(Digest),
+    #[error("upload {0} is not known: it was finished, cancelled or never started")]
+    UploadUnknown(String),
+    #[error("manifest {0} is not known to this repository")]
+    ManifestUnknown(String),
+    #[error(
+        "manifest {reference} is stored as {media_type}, which the Accept header does not list"
+    )]
+    NotAcceptable {
+        reference: String,
+        media_type: String,
+    },
+    #[error("manifest references {0}, which is not in this repository; push it first")]
+    ManifestBlobUnknown(Digest),
+    #[error(transparent)]
+    ManifestInvalid(#[from] ManifestError),
+    #[error("the content's digest is {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{0}")]
+    DigestInvalid(String),
+    /// A chunk that does not start where the upload ends (416).
+    #[error("chunk starts at byte {start} but the upload has {size} bytes; send the chunk that starts at {size}")]
+    ChunkOutOfOrder { start: u64, size: u64 },
+    #[error("{0}")]
+    SizeInvalid(String),
+    /// An unsatisfiable `Range` on a blob GET (416).
+    #[error("range not satisfiable: the blob has {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error(transparent)]
+    Range(RangeError),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the request body could not be read: {0}")]
+    Body(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Storage(storage::Error),
+    #[error(transparent)]
+    Metadata(#[from] metadata::Error),
+}
+
+impl From<storage::Error> for Error {
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::TooLarge { limit } => Error::TooLarge { limit },
+            storage::Error::Body(b) => Error::Body(b),
+            other => Error::Storage(other),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

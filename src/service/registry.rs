@@ -1,0 +1,569 @@
+//! Use cases of the distribution API (blobs, uploads, manifests, tags, referrers).
+
+use bytes::Bytes;
+use futures::Stream;
+
+use super::{Error, Result};
+use crate::domain::{
+    manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName, Tag,
+};
+use crate::metadata::{self, ManifestRecord, Metadata, NewManifest, Page, Referrer};
+use crate::storage::{BlobStore, ByteStream, StoredPart};
+
+/// Limits applied to pushes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest manifest accepted (bytes).
+    pub max_manifest_bytes: u64,
+    /// Largest blob accepted (bytes).
+    pub max_blob_bytes: u64,
+    /// Accept manifests whose blobs or child manifests are not in the repository.
+    pub allow_sparse_manifests: bool,
+    /// Page size used when a listing request gives no `n`, and the cap on `n`.
+    pub max_page: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: u64::MAX,
+            allow_sparse_manifests: false,
+            max_page: 10_000,
+        }
+    }
+}
+
+/// Where an upload stands after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadProgress {
+    pub id: String,
+    pub size: u64,
+}
+
+/// A blob that a repository can serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A manifest's bytes and what to say about them.
+#[derive(Debug, Clone)]
+pub struct ManifestContent {
+    pub record: ManifestRecord,
+    pub bytes: Bytes,
+}
+
+/// Result of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// A referrers query.
+#[derive(Debug, Clone)]
+pub struct ReferrersQuery {
+    pub artifact_type: Option<String>,
+}
+
+/// The registry: blobs in the object store, everything else in the database.
+#[derive(Clone)]
+pub struct Registry {
+    meta: Metadata,
+    blobs: BlobStore,
+    limits: Limits,
+}
+
+impl Registry {
+    pub fn new(meta: Metadata, blobs: BlobStore, limits: Limits) -> Registry {
+        Registry {
+            meta,
+            blobs,
+            limits,
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    // ---- blobs (end-2, end-10) ---------------------------------------------
+
+    /// The blob `digest` if `repo` may serve it.
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobLocation> {
+        let size = self
+            .meta
+            .repository_blob(repo, digest)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
+        Ok(BlobLocation {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    /// Resolves a `Range` header against a blob.
+    pub fn blob_range(
+        &self,
+        blob: &BlobLocation,
+        header: Option<&str>,
+    ) -> Result<Option<ByteRange>> {
+        let Some(h) = header else { return Ok(None) };
+        match ByteRange::parse_request(h, blob.size) {
+            Ok(r) => Ok(r),
+            Err(crate::domain::RangeError::Unsatisfiable(_)) => {
+                Err(Error::RangeNotSatisfiable { size: blob.size })
+            }
+            Err(e) => Err(Error::Range(e)),
+        }
+    }
+
+    pub async fn blob_stream(
+        &self,
+        blob: &BlobLocation,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream> {
+        Ok(self.blobs.stream(&blob.digest, range).await?)
+    }
+
+    /// Removes the blob from `repo` (end-10); the bytes stay for other
+    /// repositories and until garbage collection.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if self.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(Error::BlobUnknown(digest.clone()))
+        }
+    }
+
+    // ---- uploads (end-4a/b, end-5, end-6, end-11, end-13) -------------------
+
+    /// Starts an upload session (end-4a).
+    pub async fn start_upload(
+        &self,
+        repo: &RepoName,
+        algorithm: Algorithm,
+    ) -> Result<UploadProgress> {
+        let repo_id = self.meta.ensure_repository(repo).await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        self.meta
+            .create_upload(repo_id, &id, algorithm.as_str(), &algorithm.hasher().save())
+            .await?;
+        Ok(UploadProgress { id, size: 0 })
+    }
+
+    /// Mounts `digest` from repository `from` (end-11). `None` if `from` cannot
+    /// serve it, in which case the caller starts a normal upload.
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<Option<BlobLocation>> {
+        let Some(size) = self.meta.repository_blob(from, digest).await? else {
+            return Ok(None);
+        };
+        let repo_id = self.meta.ensure_repository(repo).await?;
+        self.meta.link_blob(repo_id, digest, size).await?;
+        Ok(Some(BlobLocation {
+            digest: digest.clone(),
+            size,
+        }))
+    }
+
+    /// Single-request upload: `POST …/blobs/uploads/?digest=` with the body (end-4b).
+    pub async fn upload_whole<S, E>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<BlobLocation>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let repo_id = self.meta.ensure_repository(repo).await?;
+        let scratch = uuid::Uuid::now_v7().to_string();
+        let mut hasher = digest.algorithm().hasher();
+        let part = self
+            .blobs
+            .write_part(&scratch, 0, body, &mut hasher, self.limits.max_blob_bytes)
+            .await?;
+        let parts: Vec<StoredPart> = part.into_iter().collect();
+        let size = parts.iter().map(|p| p.size).sum();
+        let actual = hasher.finish();
+        if &actual != digest {
+            self.blobs.delete_parts(&keys(&parts)).await;
+            return Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.blobs.commit_parts(&parts, digest).await?;
+        self.meta.link_blob(repo_id, digest, size).await?;
+        self.blobs.delete_parts(&keys(&parts)).await;
+        Ok(BlobLocation {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadProgress> {
+        let u = self.upload(repo, id).await?;
+        Ok(UploadProgress {
+            id: u.id,
+            size: u.size,
+        })
+    }
+
+    async fn upload(&self, repo: &RepoName, id: &str) -> Result<metadata::Upload> {
+        self.meta
+            .upload(repo, id)
+            .await?
+            .ok_or_else(|| Error::UploadUnknown(id.to_string()))
+    }
+
+    fn restore_hasher(u: &metadata::Upload) -> Result<(Algorithm, Hasher)> {
+        let alg: Algorithm = u
+            .algorithm
+            .parse()
+            .map_err(|_| metadata::Error::Corrupt(format!("upload {} algorithm", u.id)))?;
+        let h = Hasher::restore(alg, &u.hash_state)
+            .ok_or_else(|| metadata::Error::Corrupt(format!("upload {} hash state", u.id)))?;
+        Ok((alg, h))
+    }
+
+    /// Checks a chunk's `Content-Range`/`Content-Length` against the upload.
+    fn check_chunk(
+        size: u64,
+        range: Option<ContentRange>,
+        content_length: Option<u64>,
+    ) -> Result<()> {
+        if let Some(r) = range {
+            if r.start != size {
+                return Err(Error::ChunkOutOfOrder {
+                    start: r.start,
+                    size,
+                });
+            }
+            if let Some(len) = content_length {
+                if len != r.len() {
+                    return Err(Error::SizeInvalid(format!(
+                        "Content-Length {len} does not match Content-Range {}-{} ({} bytes)",
+                        r.start,
+                        r.end,
+                        r.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a chunk (end-5). With a `Content-Range` the chunk must start where
+    /// the upload ends; without one the body is streamed onto the end.
+    pub async fn append<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<ContentRange>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<UploadProgress>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let u = self.upload(repo, id).await?;
+        Self::check_chunk(u.size, range, content_length)?;
+        let (_, mut hasher) = Self::restore_hasher(&u)?;
+        let limit = self.limits.max_blob_bytes.saturating_sub(u.size);
+        let part = self
+            .blobs
+            .write_part(&u.id, u.size, body, &mut hasher, limit)
+            .await?;
+        let Some(part) = part else {
+            return Ok(UploadProgress {
+                id: u.id,
+                size: u.size,
+            });
+        };
+        if let Some(r) = range {
+            if part.size != r.len() {
+                self.blobs.delete_parts(&[part.key.clone()]).await;
+                return Err(Error::SizeInvalid(format!(
+                    "Content-Range announced {} bytes but the body had {}",
+                    r.len(),
+                    part.size
+                )));
+            }
+        }
+        if !self
+            .meta
+            .append_upload(&u.id, u.size, &part, &hasher.save())
+            .await?
+        {
+            self.blobs.delete_parts(&[part.key]).await;
+            let now = self.upload(repo, id).await?;
+            return Err(Error::ChunkOutOfOrder {
+                start: u.size,
+                size: now.size,
+            });
+        }
+        Ok(UploadProgress {
+            id: u.id,
+            size: u.size + part.size,
+        })
+    }
+
+    /// Completes an upload (end-6), with an optional last chunk in the body.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ContentRange>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<BlobLocation>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let u = self.upload(repo, id).await?;
+        Self::check_chunk(u.size, range, content_length)?;
+        let (alg, mut hasher) = Self::restore_hasher(&u)?;
+        let limit = self.limits.max_blob_bytes.saturating_sub(u.size);
+        let last = self
+            .blobs
+            .write_part(&u.id, u.size, body, &mut hasher, limit)
+            .await?;
+        let mut parts = u.parts.clone();
+        parts.extend(last.clone());
+        let size: u64 = parts.iter().map(|p| p.size).sum();
+        let discard_last = || async {
+            if let Some(l) = &last {
+                self.blobs.delete_parts(&[l.key.clone()]).await;
+            }
+        };
+        if digest.algorithm() == alg {
+            let actual = hasher.finish();
+            if &actual != digest {
+                discard_last().await;
+                return Err(Error::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            self.blobs.commit_parts(&parts, digest).await?;
+        } else if let Err(actual) = self
+            .blobs
+            .commit_rehashed(&parts, digest.algorithm().hasher(), digest)
+            .await?
+        {
+            discard_last().await;
+            return Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        if !self
+            .meta
+            .finish_upload(&u.id, u.repository_id, digest, size)
+            .await?
+        {
+            return Err(Error::UploadUnknown(id.to_string()));
+        }
+        self.blobs.delete_parts(&keys(&parts)).await;
+        Ok(BlobLocation {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    /// Cancels an upload (end-13) and deletes its chunks.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let keys = self
+            .meta
+            .delete_upload(repo, id)
+            .await?
+            .ok_or_else(|| Error::UploadUnknown(id.to_string()))?;
+        self.blobs.delete_parts(&keys).await;
+        Ok(())
+    }
+
+    // ---- manifests (end-3, end-7, end-9) -------------------------------------
+
+    /// Stores a manifest and binds its tags (end-7): `reference` if it is a tag,
+    /// plus every `?tag=`, atomically.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        extra_tags: &[Tag],
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PushedManifest> {
+        if bytes.len() as u64 > self.limits.max_manifest_bytes {
+            return Err(Error::TooLarge {
+                limit: self.limits.max_manifest_bytes,
+            });
+        }
+        let parsed = manifest::parse(&bytes, content_type)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::compute(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(Error::DigestMismatch {
+                        expected: d.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::compute(Algorithm::Sha256, &bytes),
+        };
+        let repo_id = self.meta.ensure_repository(repo).await?;
+        let blob_refs: Vec<Digest> = parsed
+            .blob_refs()
+            .filter(|d| !d.has_urls)
+            .map(|d| d.digest.clone())
+            .collect();
+        let children: Vec<Digest> = parsed.manifests.iter().map(|d| d.digest.clone()).collect();
+        if !self.limits.allow_sparse_manifests {
+            if let Some(d) = self
+                .meta
+                .missing_blobs(repo_id, &blob_refs)
+                .await?
+                .into_iter()
+                .next()
+            {
+                return Err(Error::ManifestBlobUnknown(d));
+            }
+            if let Some(d) = self
+                .meta
+                .missing_manifests(repo_id, &children)
+                .await?
+                .into_iter()
+                .next()
+            {
+                return Err(Error::ManifestBlobUnknown(d));
+            }
+        }
+        let mut tags: Vec<Tag> = Vec::with_capacity(extra_tags.len() + 1);
+        if let Reference::Tag(t) = reference {
+            tags.push(t.clone());
+        }
+        for t in extra_tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        let size = bytes.len() as u64;
+        self.blobs.put_verified(&digest, bytes).await?;
+        let record = NewManifest {
+            digest: digest.clone(),
+            media_type: parsed.media_type,
+            artifact_type: parsed.artifact_type,
+            subject: subject.clone(),
+            size,
+            annotations: parsed.annotations,
+            blobs: blob_refs,
+            children,
+        };
+        self.meta.put_manifest(repo_id, &record, &tags).await?;
+        Ok(PushedManifest { digest, subject })
+    }
+
+    /// Finds a manifest by tag or digest without reading its bytes (HEAD).
+    pub async fn manifest_record(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestRecord> {
+        let record = match reference {
+            Reference::Tag(t) => self.meta.resolve_tag(repo, t).await?,
+            Reference::Digest(d) => self.meta.manifest(repo, d).await?,
+        }
+        .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        if !media::acceptable(accept, &record.media_type) {
+            return Err(Error::NotAcceptable {
+                reference: reference.to_string(),
+                media_type: record.media_type,
+            });
+        }
+        Ok(record)
+    }
+
+    /// A manifest's exact pushed bytes (GET).
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestContent> {
+        let record = self.manifest_record(repo, reference, accept).await?;
+        let digest: Digest = record
+            .digest
+            .parse()
+            .map_err(|_| metadata::Error::Corrupt(format!("manifest digest {}", record.digest)))?;
+        let bytes = self.blobs.read(&digest).await?;
+        Ok(ManifestContent { record, bytes })
+    }
+
+    /// Deletes a manifest by digest (with its tags), or only a tag (end-9).
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let deleted = match reference {
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+        };
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::ManifestUnknown(reference.to_string()))
+        }
+    }
+
+    // ---- listings (end-8, end-12, catalog) ----------------------------------
+
+    fn page_size(&self, n: Option<u32>) -> u32 {
+        n.unwrap_or(self.limits.max_page).min(self.limits.max_page)
+    }
+
+    pub async fn tags(&self, repo: &RepoName, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+        self.meta
+            .list_tags(repo, last, self.page_size(n))
+            .await?
+            .ok_or_else(|| Error::NameUnknown(repo.clone()))
+    }
+
+    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+        Ok(self.meta.list_repositories(last, self.page_size(n)).await?)
+    }
+
+    /// Manifests whose subject is `subject` (end-12), optionally filtered.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        q: &ReferrersQuery,
+    ) -> Result<Vec<Referrer>> {
+        let mut all = self.meta.referrers(repo, subject).await?;
+        if let Some(t) = &q.artifact_type {
+            all.retain(|r| r.artifact_type.as_deref() == Some(t.as_str()));
+        }
+        Ok(all)
+    }
+}
+
+fn keys(parts: &[StoredPart]) -> Vec<String> {
+    parts.iter().map(|p| p.key.clone()).collect()
+}

@@ -1,0 +1,462 @@
+//! Content-addressed blob storage over `object_store`.
+//!
+//! This layer knows bytes and digests only: no repository names, no HTTP, no SQL.
+//! Whether a blob is *visible* in a repository is the metadata's business; this
+//! layer guarantees that an object under a blob key always holds exactly the
+//! bytes its digest names, because bytes reach a blob key only after their digest
+//! has been verified (or was computed while they streamed in).
+//!
+//! ```text
+//! <root>/
+//! ├── blobs/<algorithm>/<first two hex>/<hex>   content, immutable once written
+//! ├── uploads/<upload id>/<offset>-<nonce>      one object per received chunk
+//! └── staging/<uuid>                            assembly of a blob being re-hashed
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::domain::{ByteRange, Digest, Hasher};
+
+/// Errors of the blob store. Messages never reach clients (they may name keys).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("reading blob file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client's request body failed mid-stream (disconnect, bad framing).
+    #[error("request body: {0}")]
+    Body(String),
+    /// The body was larger than the caller allowed.
+    #[error("body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("invalid object store URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A stream of blob bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// One stored chunk of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Content-addressed blob store.
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    /// Size of the parts streamed to the object store; bounds per-upload memory.
+    part_size: usize,
+}
+
+impl BlobStore {
+    /// Opens the store named by an `object_store` URL (`file://`, `memory://`,
+    /// `s3://`, `gs://`, `az://`). Cloud credentials come from the standard
+    /// environment variables of each provider.
+    pub fn open(url: &str) -> Result<BlobStore> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::Url {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (store, part_size): (Arc<dyn ObjectStore>, usize) = match parsed.scheme() {
+            "file" => {
+                let path = parsed.to_file_path().map_err(|_| Error::Url {
+                    url: url.to_string(),
+                    reason: "not an absolute file path".into(),
+                })?;
+                std::fs::create_dir_all(&path)?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)?;
+                (Arc::new(fs), 1 << 20)
+            }
+            "memory" => (Arc::new(object_store::memory::InMemory::new()), 1 << 20),
+            _ => {
+                let opts = std::env::vars()
+                    .filter(|(k, _)| {
+                        let k = k.to_ascii_uppercase();
+                        k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+                    })
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v));
+                let (store, prefix) =
+                    object_store::parse_url_opts(&parsed, opts).map_err(|e| Error::Url {
+                        url: url.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+                    Arc::from(store)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                };
+                // Multipart parts must be at least 5 MiB on S3.
+                (store, 8 << 20)
+            }
+        };
+        Ok(BlobStore { store, part_size })
+    }
+
+    fn blob_path(digest: &Digest) -> Path {
+        let hex = digest.hex();
+        Path::from(format!(
+            "blobs/{}/{}/{}",
+            digest.algorithm().as_str(),
+            &hex[..2],
+            hex
+        ))
+    }
+
+    fn part_path(upload_id: &str, offset: u64) -> String {
+        format!(
+            "uploads/{upload_id}/{offset:020}-{}",
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    /// Streams `body` into a new object for one chunk of upload `upload_id`
+    /// starting at `offset`, feeding every byte through `hasher`.
+    ///
+    /// Memory stays within about two part sizes whatever the body's length.
+    /// An empty body stores nothing and returns `None`.
+    pub async fn write_part<S, E>(
+        &self,
+        upload_id: &str,
+        offset: u64,
+        body: S,
+        hasher: &mut Hasher,
+        limit: u64,
+    ) -> Result<Option<StoredPart>>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let key = Self::part_path(upload_id, offset);
+        let path = Path::from(key.clone());
+        let size = self.write_stream(&path, body, Some(hasher), limit).await?;
+        Ok((size > 0).then_some(StoredPart { key, size }))
+    }
+
+    /// Writes a stream to `path`, hashing it if a hasher is given. Small bodies
+    /// become one PUT; larger ones a multipart upload with bounded buffering.
+    async fn write_stream<S, E>(
+        &self,
+        path: &Path,
+        body: S,
+        mut hasher: Option<&mut Hasher>,
+        limit: u64,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut body = std::pin::pin!(body);
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut buffered = 0usize;
+        let mut writer: Option<WriteMultipart> = None;
+        let mut total: u64 = 0;
+        let result: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(Error::TooLarge { limit });
+                }
+                if let Some(h) = hasher.as_deref_mut() {
+                    h.update(&chunk);
+                }
+                match writer.as_mut() {
+                    Some(w) => {
+                        w.wait_for_capacity(2).await?;
+                        w.put(chunk);
+                    }
+                    None => {
+                        buffered += chunk.len();
+                        first.push(chunk);
+                        if buffered >= self.part_size {
+                            let upload = self.store.put_multipart(path).await?;
+                            let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+                            for b in first.drain(..) {
+                                w.put(b);
+                            }
+                            writer = Some(w);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match (result, writer) {
+            (Err(e), Some(w)) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+            (Ok(()), Some(w)) => {
+                w.finish().await?;
+                Ok(total)
+            }
+            (Ok(()), None) => {
+                if total > 0 {
+                    self.store.put(path, PutPayload::from_iter(first)).await?;
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    /// Makes the concatenation of `parts`, whose digest the caller has verified
+    /// to be `digest`, the content of that blob. A blob that already exists is
+    /// left alone (same digest, same bytes).
+    pub async fn commit_parts(&self, parts: &[StoredPart], digest: &Digest) -> Result<()> {
+        let target = Self::blob_path(digest);
+        if self.exists(digest).await? {
+            return Ok(());
+        }
+        match parts {
+            [] => {
+                self.store.put(&target, PutPayload::new()).await?;
+            }
+            [one] => {
+                self.store
+                    .rename(&Path::from(one.key.clone()), &target)
+                    .await?;
+            }
+            many => {
+                let stream = self.concat(many);
+                self.write_stream(&target, stream, None, u64::MAX).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads `parts`, hashes them with `hasher`, and stores them as a blob only
+    /// if the digest matches `expected`. Used when a client finishes an upload with
+    /// a digest of another algorithm than the session hashed with.
+    pub async fn commit_rehashed(
+        &self,
+        parts: &[StoredPart],
+        mut hasher: Hasher,
+        expected: &Digest,
+    ) -> Result<std::result::Result<(), Digest>> {
+        let staging = Path::from(format!("staging/{}", uuid::Uuid::new_v4().simple()));
+        let stream = self.concat(parts);
+        self.write_stream(&staging, stream, Some(&mut hasher), u64::MAX)
+            .await?;
+        let actual = hasher.finish();
+        if &actual != expected {
+            let _ = self.store.delete(&staging).await;
+            return Ok(Err(actual));
+        }
+        let total: u64 = parts.iter().map(|p| p.size).sum();
+        if total == 0 {
+            self.store
+                .put(&Self::blob_path(expected), PutPayload::new())
+                .await?;
+        } else {
+            self.store
+                .rename(&staging, &Self::blob_path(expected))
+                .await?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn concat(&self, parts: &[StoredPart]) -> ByteStream {
+        let store = self.store.clone();
+        let keys: Vec<Path> = parts.iter().map(|p| Path::from(p.key.clone())).collect();
+        futures::stream::iter(keys)
+            .then(move |k| {
+                let store = store.clone();
+                async move { Ok::<_, Error>(store.get(&k).await?.into_stream().map_err(Error::from)) }
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// Deletes upload chunks; missing ones are fine (another replica may have
+    /// cleaned up first).
+    pub async fn delete_parts(&self, keys: &[String]) {
+        for k in keys {
+            match self.store.delete(&Path::from(k.clone())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(key = %k, error = %e, "could not delete upload part"),
+            }
+        }
+    }
+
+    pub async fn exists(&self, digest: &Digest) -> Result<bool> {
+        match self.store.head(&Self::blob_path(digest)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a small blob whose digest the caller computed from `bytes`.
+    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        if self.exists(digest).await? {
+            return Ok(());
+        }
+        self.store
+            .put(&Self::blob_path(digest), PutPayload::from_bytes(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a whole small blob (a manifest).
+    pub async fn read(&self, digest: &Digest) -> Result<Bytes> {
+        match self.store.get(&Self::blob_path(digest)).await {
+            Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound(digest.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams a blob, or the inclusive `range` of it.
+    ///
+    /// On the local filesystem the file is read directly with large buffers
+    /// rather than through object_store's small-chunk stream.
+    pub async fn stream(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        let opts = GetOptions {
+            range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&Self::blob_path(digest), opts).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::NotFound(digest.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let span = result.range.clone();
+        match result.payload {
+            GetResultPayload::File(file, _) => {
+                let mut file = tokio::fs::File::from_std(file);
+                file.seek(std::io::SeekFrom::Start(span.start)).await?;
+                let reader = file.take(span.end - span.start);
+                Ok(
+                    tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10)
+                        .map_err(Error::from)
+                        .boxed(),
+                )
+            }
+            GetResultPayload::Stream(s) => Ok(s.map_err(Error::from).boxed()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Algorithm;
+
+    fn chunks(data: &[u8], size: usize) -> impl Stream<Item = std::result::Result<Bytes, String>> {
+        let v: Vec<_> = data
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(v)
+    }
+
+    async fn suite(store: BlobStore) {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::compute(Algorithm::Sha256, &data);
+        let mut hasher = Algorithm::Sha256.hasher();
+        let a = store
+            .write_part(
+                "u1",
+                0,
+                chunks(&data[..2_000_000], 65536),
+                &mut hasher,
+                u64::MAX,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store
+            .write_part(
+                "u1",
+                2_000_000,
+                chunks(&data[2_000_000..], 7777),
+                &mut hasher,
+                u64::MAX,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hasher.finish(), digest);
+        assert!(!store.exists(&digest).await.unwrap());
+        store
+            .commit_parts(&[a.clone(), b.clone()], &digest)
+            .await
+            .unwrap();
+        let got: Vec<u8> = store
+            .stream(&digest, None)
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .concat();
+        assert_eq!(got, data);
+        let part: Vec<u8> = store
+            .stream(&digest, Some(ByteRange { start: 10, end: 19 }))
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .concat();
+        assert_eq!(part, &data[10..20]);
+        store.delete_parts(&[a.key, b.key]).await;
+
+        // A re-hash with a wrong expectation stores nothing.
+        let mut h = Algorithm::Sha256.hasher();
+        let p = store
+            .write_part("u2", 0, chunks(b"abc", 2), &mut h, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let wrong = Digest::compute(Algorithm::Sha512, b"abd");
+        let r = store
+            .commit_rehashed(&[p.clone()], Algorithm::Sha512.hasher(), &wrong)
+            .await
+            .unwrap();
+        assert_eq!(r, Err(Digest::compute(Algorithm::Sha512, b"abc")));
+        assert!(!store.exists(&wrong).await.unwrap());
+
+        // Limits are enforced while streaming.
+        let mut h = Algorithm::Sha256.hasher();
+        assert!(matches!(
+            store
+                .write_part("u3", 0, chunks(&data, 4096), &mut h, 1000)
+                .await,
+            Err(Error::TooLarge { limit: 1000 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn memory_backend() {
+        suite(BlobStore::open("memory://").unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn local_filesystem_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        suite(BlobStore::open(url.as_str()).unwrap()).await;
+    }
+}

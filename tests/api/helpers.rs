@@ -1,0 +1,233 @@
+//! The test harness: starts the real server on 127.0.0.1:0 over a fresh database
+//! (SQLite in a temporary directory, or a new PostgreSQL database on the local
+//! server) and local-disk blob storage, and returns a client for it.
+
+use std::net::SocketAddr;
+
+use cairn::{App, Config};
+use reqwest::{Method, RequestBuilder, Response};
+use sha2::{Digest as _, Sha256};
+use sqlx::Connection;
+
+/// Which metadata backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on. `scripts/test.sh`
+/// starts one and sets this; without it the PostgreSQL half of the suite fails
+/// (it is never skipped).
+pub fn postgres_admin_url() -> String {
+    std::env::var("CAIRN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn fresh_postgres_db() -> String {
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+            "PostgreSQL is required for the metadata tests and is not reachable at {admin}: {e}. \
+             Run scripts/test.sh, which starts it, or set CAIRN_TEST_POSTGRES_URL."
+        )
+        });
+    let name = format!("cairn_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin).expect("admin URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// A running registry and a client for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: Db,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> TestApp {
+        Self::spawn_with(db, |_| {}).await
+    }
+
+    /// Starts a registry with a config adjusted by `tweak`.
+    pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.database.url = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("cairn.db").display()),
+            Db::Postgres => fresh_postgres_db().await,
+        };
+        config.storage.url = url::Url::from_directory_path(dir.path().join("blobs"))
+            .expect("blob dir")
+            .to_string();
+        std::fs::create_dir_all(dir.path().join("blobs")).expect("blob dir");
+        tweak(&mut config);
+        let app = App::build(&config).await.expect("server starts");
+        let addr = app.local_addr().expect("addr");
+        tokio::spawn(app.run(std::future::pending()));
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            db,
+            config,
+            dir,
+        }
+    }
+
+    /// `host:port`, as image references name this registry.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.base, path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.expect("request")
+    }
+
+    pub async fn head(&self, path: &str) -> Response {
+        self.req(Method::HEAD, path).send().await.expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.req(Method::DELETE, path)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Uploads `data` with a single POST and returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            r.status(),
+            201,
+            "blob push: {}",
+            r.text().await.unwrap_or_default()
+        );
+        digest
+    }
+
+    /// Pushes a manifest under `reference` and returns the response.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("Content-Type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Pushes a config and one layer, then an OCI image manifest naming them
+    /// under `reference`; returns (manifest bytes, manifest digest).
+    pub async fn push_image(&self, repo: &str, reference: &str, layer: &[u8]) -> (Vec<u8>, String) {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let cd = self.push_blob(repo, config).await;
+        let ld = self.push_blob(repo, layer).await;
+        let m = image_manifest(&cd, config.len(), &[(ld, layer.len())], None, None);
+        let r = self.put_manifest(repo, reference, OCI_MANIFEST, &m).await;
+        assert_eq!(
+            r.status(),
+            201,
+            "manifest push: {}",
+            r.text().await.unwrap_or_default()
+        );
+        let d = sha256(&m);
+        (m, d)
+    }
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// An OCI image manifest; `subject` is `(digest, size)`.
+pub fn image_manifest(
+    config: &str,
+    config_size: usize,
+    layers: &[(String, usize)],
+    artifact_type: Option<&str>,
+    subject: Option<(&str, usize)>,
+) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": layers.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(a) = artifact_type {
+        m["artifactType"] = a.into();
+    }
+    if let Some((d, s)) = subject {
+        m["subject"] = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d, "size": s});
+    }
+    serde_json::to_vec(&m).expect("json")
+}
+
+/// The error code of an OCI error response.
+pub async fn error_code(r: Response) -> String {
+    let v: serde_json::Value = r.json().await.expect("error body is JSON");
+    v["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_string()
+}
+
+/// Runs each listed async test body against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Db::Sqlite).await).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Db::Postgres).await).await
+                }
+            }
+        )*
+    };
+}
