@@ -2,3 +2,4 @@
 //! over PostgreSQL, driven with raw HTTP and with real clients.
 
 mod helpers;
+mod process;

@@ -1,0 +1,190 @@
+//! Tests of the `cairn` binary as an operator runs it: a child process with its
+//! own memory, signals and configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+
+/// A `cairn serve` child process on a free loopback port.
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("CAIRN_LISTEN", "127.0.0.1:0")
+            .env("CAIRN_LOG__FORMAT", "json")
+            .env("CAIRN_SHUTDOWN_TIMEOUT_SECS", "20")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cairn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("cairn exited before listening")
+                .expect("read log");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(a) = v["fields"]["address"].as_str() {
+                break a.to_string();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// Peak resident memory of the server so far, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// A deterministic body of `mib` MiB, produced 1 MiB at a time.
+fn generated(mib: usize) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::iter(0..mib).map(|i| {
+        let mut chunk = vec![(i % 251) as u8; MIB];
+        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        Ok(Bytes::from(chunk))
+    })
+}
+
+fn generated_digest(mib: usize) -> String {
+    let mut h = Sha256::new();
+    for i in 0..mib {
+        let mut chunk = vec![(i % 251) as u8; MIB];
+        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        h.update(&chunk);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+#[tokio::test]
+async fn a_large_upload_streams_with_bounded_memory() {
+    let server = Server::start();
+    let client = reqwest::Client::new();
+    // Warm up: one small push so pools and buffers exist before measuring.
+    let r = client
+        .post(format!("{}/v2/warm/blobs/uploads/?digest={}", server.base, generated_digest(1)))
+        .body(reqwest::Body::wrap_stream(generated(1)))
+        .send()
+        .await
+        .expect("warm-up push");
+    assert_eq!(r.status(), 201);
+    let before = server.peak_rss_kib();
+
+    let mib = 1024;
+    let digest = generated_digest(mib);
+    let start = client
+        .post(format!("{}/v2/big/blobs/uploads/", server.base))
+        .send()
+        .await
+        .expect("start upload");
+    assert_eq!(start.status(), 202);
+    let location = start.headers()["location"].to_str().expect("location").to_string();
+    // Streamed PATCH without Content-Range (chunked transfer encoding), then PUT.
+    let r = client
+        .patch(format!("{}{}", server.base, location))
+        .body(reqwest::Body::wrap_stream(generated(mib)))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], format!("0-{}", mib * MIB - 1).as_str());
+    let r = client
+        .put(format!("{}{}?digest={}", server.base, location, digest))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 201);
+
+    // Pull it back, hashing as it streams.
+    let r = client
+        .get(format!("{}/v2/big/blobs/{}", server.base, digest))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some((mib * MIB) as u64));
+    let mut h = Sha256::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        h.update(&chunk.expect("chunk"));
+    }
+    assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), digest);
+
+    let growth_mib = (server.peak_rss_kib().saturating_sub(before)) / 1024;
+    assert!(
+        growth_mib < 32,
+        "pushing and pulling a 1 GiB blob raised the server's peak RSS by {growth_mib} MiB"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_upload_finish() {
+    let server = Server::start();
+    let client = reqwest::Client::new();
+    let mib = 8;
+    let digest = generated_digest(mib);
+    // A slow single-POST upload: one MiB every 100 ms.
+    let slow = generated(mib).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c
+    });
+    let url = format!("{}/v2/slow/blobs/uploads/?digest={}", server.base, digest);
+    let upload = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body(reqwest::Body::wrap_stream(slow))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(upload.await.expect("join").expect("upload response"), 201);
+    // New connections are refused once the server has drained.
+    let mut server = server;
+    let exit = tokio::task::spawn_blocking(move || {
+        let s = server.child.wait().expect("wait");
+        (s, server)
+    })
+    .await
+    .expect("join");
+    assert!(exit.0.success(), "cairn exited with {:?}", exit.0);
+    assert!(client.get(format!("{}/v2/", exit.1.base)).send().await.is_err());
+}
