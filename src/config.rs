@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{RuleSet, RuleSpec};
 use crate::service::Limits;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -22,6 +23,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub immutability: ImmutabilityConfig,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
 }
@@ -51,6 +53,15 @@ pub struct LimitsConfig {
     pub max_blob_bytes: u64,
     pub allow_sparse_manifests: bool,
     pub max_page: u32,
+}
+
+/// Tag immutability rules (see `policy::immutability`). Empty: every tag is
+/// immutable.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutabilityConfig {
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +96,7 @@ impl Default for Config {
                 format: "pretty".into(),
                 level: "info".into(),
             },
+            immutability: ImmutabilityConfig::default(),
             shutdown_timeout_secs: 30,
         }
     }
@@ -119,6 +131,11 @@ impl Config {
             allow_sparse_manifests: self.limits.allow_sparse_manifests,
             max_page: self.limits.max_page.max(1),
         }
+    }
+
+    /// The compiled immutability rules; an invalid rule is an error naming it.
+    pub fn rules(&self) -> Result<RuleSet, crate::policy::immutability::RuleError> {
+        RuleSet::new(&self.immutability.rules)
     }
 
     pub fn acquire_timeout(&self) -> Duration {

@@ -137,6 +137,8 @@ pub struct ApiError {
     pub code: Code,
     pub status: StatusCode,
     pub message: String,
+    /// Structured `detail` of the error body (`null` when absent).
+    pub detail: Option<serde_json::Value>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -146,8 +148,14 @@ impl ApiError {
             code,
             status: code.info().1,
             message: message.into(),
+            detail: None,
             headers: Vec::new(),
         }
+    }
+
+    pub fn with_detail(mut self, detail: serde_json::Value) -> ApiError {
+        self.detail = Some(detail);
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> ApiError {
@@ -227,6 +235,31 @@ impl From<service::Error> for ApiError {
             }
             E::Body(_) => ApiError::new(Code::BlobUploadInvalid, msg),
             E::Unsupported(_) => ApiError::new(Code::Unsupported, msg),
+            // 409 rather than DENIED's usual 403: the request conflicts with the
+            // tag's current state; the same credentials could not make it succeed.
+            E::Denied {
+                repository,
+                attempted,
+                tags,
+            } => {
+                let list: Vec<_> = tags
+                    .iter()
+                    .map(|t| json!({"tag": t.tag, "existing_digest": t.held, "rule": t.rule}))
+                    .collect();
+                let mut detail = json!({
+                    "repository": repository.as_str(),
+                    "attempted_digest": attempted.as_ref().map(|d| d.to_string()),
+                    "tags": list,
+                });
+                if let [one] = tags.as_slice() {
+                    detail["tag"] = json!(one.tag);
+                    detail["existing_digest"] = json!(one.held);
+                    detail["rule"] = json!(one.rule);
+                }
+                ApiError::new(Code::Denied, msg)
+                    .with_status(StatusCode::CONFLICT)
+                    .with_detail(detail)
+            }
             E::Storage(ref s) => ApiError::internal(Code::Unavailable, s),
             E::Metadata(ref m) if m.is_unavailable() => ApiError::internal(Code::Unavailable, m),
             E::Metadata(ref m) => ApiError::internal(Code::Internal, m),
@@ -244,7 +277,7 @@ pub fn upload_range(size: u64) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, _, _) = self.code.info();
-        let body = json!({"errors": [{"code": code, "message": self.message, "detail": null}]});
+        let body = json!({"errors": [{"code": code, "message": self.message, "detail": self.detail}]});
         let mut resp = (self.status, axum::Json(body)).into_response();
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod metadata;
+pub mod policy;
 pub mod service;
 pub mod storage;
 
@@ -54,10 +55,11 @@ impl App {
     /// Binds the listener first (so tests can ask for port 0 and learn the port),
     /// then opens the database and the object store.
     pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let rules = config.rules()?;
         let listener = TcpListener::bind(config.listen).await?;
         let meta = open_metadata(config).await?;
         let blobs = BlobStore::open(&config.storage_url()?)?;
-        let registry = Registry::new(meta, blobs, config.limits());
+        let registry = Registry::new(meta, blobs, config.limits(), rules);
         let router = api::router(api::AppState {
             registry: registry.clone(),
         })

@@ -29,6 +29,20 @@ enum Command {
     Migrate,
     /// Print the effective configuration (defaults, file, environment) as TOML.
     Config,
+    /// Immutability policy questions.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Whether a tag is mutable, and which rule decides: `cairn policy explain team/app:latest`.
+    Explain {
+        /// `<repository>:<tag>`
+        reference: String,
+    },
 }
 
 async fn shutdown_signal() {
@@ -83,6 +97,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
+        }
+        Command::Policy {
+            command: PolicyCommand::Explain { reference },
+        } => {
+            let (repo, tag) = reference
+                .rsplit_once(':')
+                .ok_or_else(|| anyhow::anyhow!("expected <repository>:<tag>, got {reference:?}"))?;
+            let repo: cairn::domain::RepoName = repo.parse()?;
+            let tag: cairn::domain::Tag = tag.parse()?;
+            let d = config.rules()?.decide(repo.as_str(), tag.as_str());
+            println!(
+                "{repo}:{tag} is {} (rule {:?}: repositories {:?}, tags {:?})",
+                d.mutability, d.rule, d.repositories, d.tags
+            );
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ mod blobs;
 mod listing;
 mod manifests;
 pub mod routes;
+mod tags_api;
 mod uploads;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/api/v1/policy/explain", get(tags_api::explain))
+        .route("/api/v1/repositories/{*rest}", get(tags_api::repository))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async {
@@ -102,10 +105,18 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
+    // Until authentication exists, the actor recorded in tag history is the
+    // client's address.
+    let actor = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
     let ctx = Ctx {
         registry: &state.registry,
         headers: &parts.headers,
         query: &query,
+        actor: &actor,
     };
     let m = &parts.method;
     let result = match route {
@@ -144,6 +155,8 @@ pub(crate) struct Ctx<'a> {
     pub registry: &'a Registry,
     pub headers: &'a HeaderMap,
     pub query: &'a Query,
+    /// Who is asking, as recorded in history.
+    pub actor: &'a str,
 }
 
 /// end-1: the API version check.

@@ -144,6 +144,92 @@ pub struct NewManifest {
     pub children: Vec<Digest>,
 }
 
+/// A tag to bind in a manifest push, with the policy's verdict on it.
+#[derive(Debug, Clone)]
+pub struct TagBinding {
+    pub tag: Tag,
+    pub immutable: bool,
+    /// The rule that decided, recorded in the history.
+    pub rule: String,
+}
+
+/// What happened to a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagAction {
+    Created,
+    Moved,
+    Repushed,
+    Denied,
+    Deleted,
+}
+
+impl TagAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagAction::Created => "created",
+            TagAction::Moved => "moved",
+            TagAction::Repushed => "repushed",
+            TagAction::Denied => "denied",
+            TagAction::Deleted => "deleted",
+        }
+    }
+}
+
+/// One tag event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEvent {
+    pub tag: String,
+    pub action: TagAction,
+    pub digest: String,
+    pub previous_digest: Option<String>,
+    pub rule: String,
+}
+
+/// A recorded tag event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagHistoryEntry {
+    pub id: i64,
+    pub action: String,
+    pub digest: String,
+    pub previous_digest: Option<String>,
+    pub rule: String,
+    pub actor: String,
+    pub at_ms: i64,
+}
+
+/// A tag that an operation may not change, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeniedTag {
+    pub tag: String,
+    /// The digest the tag holds (or is pinned to).
+    pub held: String,
+    pub rule: String,
+}
+
+/// Result of a manifest push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored; one event per tag (created, moved or repushed).
+    Stored(Vec<TagEvent>),
+    /// Nothing changed: these tags are immutable and hold other digests.
+    Denied(Vec<DeniedTag>),
+}
+
+/// Whether a delete may remove a tag, as the policy decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagGuard {
+    Allow { rule: String },
+    Keep { rule: String },
+}
+
+/// Result of a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    Denied(Vec<DeniedTag>),
+}
+
 /// A page of names and whether more follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -349,7 +435,7 @@ impl Metadata {
         let mut missing = Vec::new();
         for d in digests {
             let found = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
-                "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
+                "SELECT CAST(1 AS BIGINT) FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
             )
             .bind(repository_id)
             .bind(d.as_str())
@@ -371,7 +457,7 @@ impl Metadata {
         let mut missing = Vec::new();
         for d in digests {
             let found = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
-                "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
+                "SELECT CAST(1 AS BIGINT) FROM manifests WHERE repository_id = $1 AND digest = $2"
             )
             .bind(repository_id)
             .bind(d.as_str())
@@ -542,20 +628,29 @@ impl Metadata {
     // ---- manifests and tags -------------------------------------------------
 
     /// Records a manifest and binds `tags` to it, all in one transaction: either
-    /// every tag points at the new manifest or none does.
+    /// every tag is bound (or already held this digest) or nothing changes at all,
+    /// not even the manifest row.
+    ///
+    /// Races are settled by the database: a new tag is claimed with
+    /// `INSERT … ON CONFLICT DO NOTHING`, so of two pushes of one new tag exactly
+    /// one inserts and the other then reads the winner's digest and is judged
+    /// against it (PostgreSQL makes the loser wait for the winner's commit; SQLite
+    /// has one writer).
     pub async fn put_manifest(
         &self,
         repository_id: i64,
         m: &NewManifest,
-        tags: &[Tag],
-    ) -> Result<()> {
+        tags: &[TagBinding],
+        actor: &str,
+    ) -> Result<PutOutcome> {
         let annotations = if m.annotations.is_empty() {
             None
         } else {
             Some(serde_json::to_string(&m.annotations).map_err(|e| Error::Corrupt(e.to_string()))?)
         };
         let now = now_ms();
-        on_write!(self, |p| {
+        let digest = m.digest.as_str();
+        let outcome = on_write!(self, |p| {
             let mut tx = p.begin().await?;
             insert_blob(&mut *tx, &m.digest, m.size).await?;
             sqlx::query(
@@ -565,7 +660,7 @@ impl Metadata {
                  ON CONFLICT (repository_id, digest) DO NOTHING",
             )
             .bind(repository_id)
-            .bind(m.digest.as_str())
+            .bind(digest)
             .bind(&m.media_type)
             .bind(m.artifact_type.as_deref())
             .bind(m.subject.as_ref().map(|s| s.as_str()))
@@ -580,7 +675,7 @@ impl Metadata {
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 )
                 .bind(repository_id)
-                .bind(m.digest.as_str())
+                .bind(digest)
                 .bind(b.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -591,28 +686,113 @@ impl Metadata {
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 )
                 .bind(repository_id)
-                .bind(m.digest.as_str())
+                .bind(digest)
                 .bind(c.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
+            let mut events: Vec<TagEvent> = Vec::new();
+            let mut denied: Vec<DeniedTag> = Vec::new();
             for t in tags {
-                sqlx::query(
+                let name = t.tag.as_str();
+                if t.immutable {
+                    let pin = sqlx::query_scalar::<_, String>(
+                        "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
+                    )
+                    .bind(repository_id)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(pin) = pin.filter(|p| p != digest) {
+                        denied.push(DeniedTag { tag: name.to_string(), held: pin, rule: t.rule.clone() });
+                        continue;
+                    }
+                }
+                let inserted = sqlx::query(
                     "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $4)
-                     ON CONFLICT (repository_id, name)
-                     DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO NOTHING",
                 )
                 .bind(repository_id)
-                .bind(t.as_str())
-                .bind(m.digest.as_str())
+                .bind(name)
+                .bind(digest)
                 .bind(now)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                let (action, previous) = if inserted == 1 {
+                    (TagAction::Created, None)
+                } else {
+                    let held = sqlx::query_scalar::<_, String>(
+                        "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
+                    )
+                    .bind(repository_id)
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if held == digest {
+                        (TagAction::Repushed, None)
+                    } else if t.immutable {
+                        denied.push(DeniedTag { tag: name.to_string(), held, rule: t.rule.clone() });
+                        continue;
+                    } else {
+                        sqlx::query(
+                            "UPDATE tags SET manifest_digest = $1, updated_at = $2
+                              WHERE repository_id = $3 AND name = $4",
+                        )
+                        .bind(digest)
+                        .bind(now)
+                        .bind(repository_id)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                        (TagAction::Moved, Some(held))
+                    }
+                };
+                if t.immutable {
+                    sqlx::query(
+                        "INSERT INTO tag_pins (repository_id, tag, digest, created_at)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, tag) DO NOTHING",
+                    )
+                    .bind(repository_id)
+                    .bind(name)
+                    .bind(digest)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                events.push(TagEvent {
+                    tag: name.to_string(),
+                    action,
+                    digest: digest.to_string(),
+                    previous_digest: previous,
+                    rule: t.rule.clone(),
+                });
             }
-            tx.commit().await
+            if !denied.is_empty() {
+                tx.rollback().await?;
+                Ok::<PutOutcome, sqlx::Error>(PutOutcome::Denied(denied))
+            } else {
+                for e in &events {
+                    insert_event(&mut *tx, repository_id, e, actor, now).await?;
+                }
+                tx.commit().await?;
+                Ok(PutOutcome::Stored(events))
+            }
         })?;
-        Ok(())
+        if let PutOutcome::Denied(denied) = &outcome {
+            // Recorded after the rollback: a refused overwrite is history too.
+            for d in denied {
+                let e = TagEvent {
+                    tag: d.tag.clone(),
+                    action: TagAction::Denied,
+                    digest: digest.to_string(),
+                    previous_digest: Some(d.held.clone()),
+                    rule: d.rule.clone(),
+                };
+                on_write!(self, |p| insert_event(p, repository_id, &e, actor, now).await)?;
+            }
+        }
+        Ok(outcome)
     }
 
     /// The manifest `tag` points at in `repo`.
@@ -650,14 +830,46 @@ impl Metadata {
         Ok(row.map(record))
     }
 
-    /// Deletes a manifest and every tag pointing at it. Returns false if `repo`
-    /// has no such manifest.
-    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+    /// Deletes a manifest and every tag pointing at it, unless `guard` refuses one
+    /// of those tags (it returns the deciding rule's name for a tag that must stay).
+    /// The check and the delete share one transaction, so a tag bound meanwhile
+    /// cannot slip through.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        guard: &(dyn Fn(&str) -> TagGuard + Sync),
+        actor: &str,
+    ) -> Result<DeleteOutcome> {
         let Some(id) = self.repository_id(repo).await? else {
-            return Ok(false);
+            return Ok(DeleteOutcome::NotFound);
         };
-        let n = on_write!(self, |p| {
+        let now = now_ms();
+        let outcome = on_write!(self, |p| async {
             let mut tx = p.begin().await?;
+            let tags = sqlx::query_scalar::<_, String>(
+                "SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2 ORDER BY name",
+            )
+            .bind(id)
+            .bind(digest.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut refused = Vec::new();
+            let mut rules = Vec::new();
+            for t in &tags {
+                match guard(t) {
+                    TagGuard::Keep { rule } => refused.push(DeniedTag {
+                        tag: t.clone(),
+                        held: digest.to_string(),
+                        rule,
+                    }),
+                    TagGuard::Allow { rule } => rules.push(rule),
+                }
+            }
+            if !refused.is_empty() {
+                tx.rollback().await?;
+                return Ok::<DeleteOutcome, sqlx::Error>(DeleteOutcome::Denied(refused));
+            }
             sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2")
                 .bind(id)
                 .bind(digest.as_str())
@@ -669,24 +881,150 @@ impl Metadata {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                return Ok(DeleteOutcome::NotFound);
+            }
+            for (t, rule) in tags.iter().zip(rules) {
+                let e = TagEvent {
+                    tag: t.clone(),
+                    action: TagAction::Deleted,
+                    digest: digest.to_string(),
+                    previous_digest: None,
+                    rule,
+                };
+                insert_event(&mut *tx, id, &e, actor, now).await?;
+            }
             tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        Ok(n > 0)
+            Ok(DeleteOutcome::Deleted)
+        }
+        .await)?;
+        Ok(outcome)
     }
 
-    /// Removes a tag (the manifest stays). Returns false if there was none.
-    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        let n = on_write!(self, |p| sqlx::query(
-            "DELETE FROM tags WHERE name = $1
-               AND repository_id = (SELECT id FROM repositories WHERE name = $2)"
+    /// Removes a tag (the manifest stays) unless `guard` refuses it.
+    pub async fn delete_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        guard: &(dyn Fn(&str) -> TagGuard + Sync),
+        actor: &str,
+    ) -> Result<DeleteOutcome> {
+        let Some(id) = self.repository_id(repo).await? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let now = now_ms();
+        let outcome = on_write!(self, |p| async {
+            let mut tx = p.begin().await?;
+            let held = sqlx::query_scalar::<_, String>(
+                "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
+            )
+            .bind(id)
+            .bind(tag.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(held) = held else {
+                return Ok::<DeleteOutcome, sqlx::Error>(DeleteOutcome::NotFound);
+            };
+            let rule = match guard(tag.as_str()) {
+                TagGuard::Keep { rule } => {
+                    return Ok(DeleteOutcome::Denied(vec![DeniedTag {
+                        tag: tag.to_string(),
+                        held,
+                        rule,
+                    }]))
+                }
+                TagGuard::Allow { rule } => rule,
+            };
+            sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND name = $2")
+                .bind(id)
+                .bind(tag.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let e = TagEvent {
+                tag: tag.to_string(),
+                action: TagAction::Deleted,
+                digest: held,
+                previous_digest: None,
+                rule,
+            };
+            insert_event(&mut *tx, id, &e, actor, now).await?;
+            tx.commit().await?;
+            Ok(DeleteOutcome::Deleted)
+        }
+        .await)?;
+        Ok(outcome)
+    }
+
+    /// A tag's history, newest first: at most `n` events with ids below `before`.
+    pub async fn tag_history(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        before: Option<i64>,
+        n: u32,
+    ) -> Result<Option<Vec<TagHistoryEntry>>> {
+        let Some(id) = self.repository_id(repo).await? else {
+            return Ok(None);
+        };
+        let rows = on_read!(self, |p| sqlx::query_as::<
+            _,
+            (i64, String, String, Option<String>, String, String, i64),
+        >(
+            "SELECT id, action, digest, previous_digest, rule, actor, at FROM tag_events
+              WHERE repository_id = $1 AND tag = $2 AND id < $3
+              ORDER BY id DESC LIMIT $4"
         )
-        .bind(tag.as_str())
-        .bind(repo.as_str())
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(n > 0)
+        .bind(id)
+        .bind(tag)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(n))
+        .fetch_all(p)
+        .await)?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
+                    id,
+                    action,
+                    digest,
+                    previous_digest,
+                    rule,
+                    actor,
+                    at_ms: at,
+                })
+                .collect(),
+        ))
+    }
+
+    /// The digest `tag` pointed at at time `at_ms` (`None`: not bound then).
+    pub async fn tag_at(&self, repo: &RepoName, tag: &str, at_ms: i64) -> Result<Option<TagHistoryEntry>> {
+        let Some(id) = self.repository_id(repo).await? else {
+            return Ok(None);
+        };
+        let row = on_read!(self, |p| sqlx::query_as::<
+            _,
+            (i64, String, String, Option<String>, String, String, i64),
+        >(
+            "SELECT id, action, digest, previous_digest, rule, actor, at FROM tag_events
+              WHERE repository_id = $1 AND tag = $2 AND at <= $3 AND action <> 'denied'
+              ORDER BY id DESC LIMIT 1"
+        )
+        .bind(id)
+        .bind(tag)
+        .bind(at_ms)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row
+            .filter(|r| r.1 != "deleted")
+            .map(|(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
+                id,
+                action,
+                digest,
+                previous_digest,
+                rule,
+                actor,
+                at_ms: at,
+            }))
     }
 
     /// Tags of `repo` in lexical order after `last`, at most `n`; `None` if the
@@ -780,6 +1118,38 @@ where
     .bind(digest.as_str())
     .bind(size as i64)
     .bind(now_ms())
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+async fn insert_event<'e, E, DB>(
+    ex: E,
+    repository_id: i64,
+    e: &TagEvent,
+    actor: &str,
+    now: i64,
+) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO tag_events (repository_id, tag, action, digest, previous_digest, rule, actor, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(repository_id)
+    .bind(e.tag.as_str())
+    .bind(e.action.as_str())
+    .bind(e.digest.as_str())
+    .bind(e.previous_digest.as_deref())
+    .bind(e.rule.as_str())
+    .bind(actor)
+    .bind(now)
     .execute(ex)
     .await?;
     Ok(())

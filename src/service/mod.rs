@@ -61,6 +61,14 @@ pub enum Error {
     Body(String),
     #[error("{0}")]
     Unsupported(String),
+    /// An immutable tag would move or disappear; nothing was changed.
+    #[error("{}", denied_message(repository, attempted.as_ref(), tags))]
+    Denied {
+        repository: RepoName,
+        /// The digest a push tried to bind (`None` for a delete).
+        attempted: Option<Digest>,
+        tags: Vec<metadata::DeniedTag>,
+    },
     #[error(transparent)]
     Storage(storage::Error),
     #[error(transparent)]
@@ -78,3 +86,27 @@ impl From<storage::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A message a person can act on: which tag, which rule, what it holds.
+fn denied_message(repo: &RepoName, attempted: Option<&Digest>, tags: &[metadata::DeniedTag]) -> String {
+    tags.iter()
+        .map(|t| match attempted {
+            Some(new) => format!(
+                "tag {:?} in {:?} is immutable (rule {:?}): it holds {} and cannot be moved to {}",
+                t.tag,
+                repo.as_str(),
+                t.rule,
+                t.held,
+                new
+            ),
+            None => format!(
+                "tag {:?} in {:?} is immutable (rule {:?}): it holds {} and cannot be deleted",
+                t.tag,
+                repo.as_str(),
+                t.rule,
+                t.held
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

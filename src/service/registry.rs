@@ -1,5 +1,7 @@
 //! Use cases of the distribution API (blobs, uploads, manifests, tags, referrers).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::Stream;
 
@@ -7,7 +9,11 @@ use super::{Error, Result};
 use crate::domain::{
     manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName, Tag,
 };
-use crate::metadata::{self, ManifestRecord, Metadata, NewManifest, Page, Referrer};
+use crate::metadata::{
+    self, DeleteOutcome, ManifestRecord, Metadata, NewManifest, Page, PutOutcome, Referrer, TagBinding,
+    TagGuard, TagHistoryEntry,
+};
+use crate::policy::{Decision, RuleSet};
 use crate::storage::{BlobStore, ByteStream, StoredPart};
 
 /// Limits applied to pushes.
@@ -74,14 +80,38 @@ pub struct Registry {
     meta: Metadata,
     blobs: BlobStore,
     limits: Limits,
+    rules: Arc<RuleSet>,
 }
 
 impl Registry {
-    pub fn new(meta: Metadata, blobs: BlobStore, limits: Limits) -> Registry {
+    pub fn new(meta: Metadata, blobs: BlobStore, limits: Limits, rules: RuleSet) -> Registry {
         Registry {
             meta,
             blobs,
             limits,
+            rules: Arc::new(rules),
+        }
+    }
+
+    /// The immutability decision for a tag, and the rule that made it.
+    pub fn explain(&self, repo: &RepoName, tag: &str) -> Decision {
+        self.rules.decide(repo.as_str(), tag)
+    }
+
+    /// The immutability rules that can apply to `repo`.
+    pub fn rules_for(&self, repo: &RepoName) -> Vec<crate::policy::RuleSpec> {
+        self.rules.for_repository(repo.as_str())
+    }
+
+    fn guard(&self, repo: &RepoName) -> impl Fn(&str) -> TagGuard + Sync + '_ {
+        let repo = repo.as_str().to_string();
+        move |tag: &str| {
+            let d = self.rules.decide(&repo, tag);
+            if d.is_immutable() {
+                TagGuard::Keep { rule: d.rule }
+            } else {
+                TagGuard::Allow { rule: d.rule }
+            }
         }
     }
 
@@ -401,7 +431,9 @@ impl Registry {
     // ---- manifests (end-3, end-7, end-9) -------------------------------------
 
     /// Stores a manifest and binds its tags (end-7): `reference` if it is a tag,
-    /// plus every `?tag=`, atomically.
+    /// plus every `?tag=`, atomically. A tag that already holds this digest is a
+    /// no-op (CI retries succeed); an immutable tag holding another digest refuses
+    /// the whole push, naming every such tag.
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -409,6 +441,7 @@ impl Registry {
         extra_tags: &[Tag],
         content_type: Option<&str>,
         bytes: Bytes,
+        actor: &str,
     ) -> Result<PushedManifest> {
         if bytes.len() as u64 > self.limits.max_manifest_bytes {
             return Err(Error::TooLarge {
@@ -429,7 +462,6 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::compute(Algorithm::Sha256, &bytes),
         };
-        let repo_id = self.meta.ensure_repository(repo).await?;
         let blob_refs: Vec<Digest> = parsed
             .blob_refs()
             .filter(|d| !d.has_urls)
@@ -437,25 +469,22 @@ impl Registry {
             .collect();
         let children: Vec<Digest> = parsed.manifests.iter().map(|d| d.digest.clone()).collect();
         if !self.limits.allow_sparse_manifests {
-            if let Some(d) = self
-                .meta
-                .missing_blobs(repo_id, &blob_refs)
-                .await?
-                .into_iter()
-                .next()
-            {
-                return Err(Error::ManifestBlobUnknown(d));
-            }
-            if let Some(d) = self
-                .meta
-                .missing_manifests(repo_id, &children)
-                .await?
-                .into_iter()
-                .next()
-            {
+            // Checked before the repository is created: a refused push leaves
+            // no trace (no empty repository in the catalog).
+            let existing = self.meta.repository_id(repo).await?;
+            let missing = match existing {
+                Some(id) => {
+                    let mut m = self.meta.missing_blobs(id, &blob_refs).await?;
+                    m.extend(self.meta.missing_manifests(id, &children).await?);
+                    m
+                }
+                None => blob_refs.iter().chain(&children).cloned().collect(),
+            };
+            if let Some(d) = missing.into_iter().next() {
                 return Err(Error::ManifestBlobUnknown(d));
             }
         }
+        let repo_id = self.meta.ensure_repository(repo).await?;
         let mut tags: Vec<Tag> = Vec::with_capacity(extra_tags.len() + 1);
         if let Reference::Tag(t) = reference {
             tags.push(t.clone());
@@ -478,8 +507,30 @@ impl Registry {
             blobs: blob_refs,
             children,
         };
-        self.meta.put_manifest(repo_id, &record, &tags).await?;
-        Ok(PushedManifest { digest, subject })
+        let bindings: Vec<TagBinding> = tags
+            .into_iter()
+            .map(|tag| {
+                let d = self.rules.decide(repo.as_str(), tag.as_str());
+                TagBinding {
+                    immutable: d.is_immutable(),
+                    rule: d.rule,
+                    tag,
+                }
+            })
+            .collect();
+        match self.meta.put_manifest(repo_id, &record, &bindings, actor).await? {
+            PutOutcome::Stored(events) => {
+                for e in events {
+                    tracing::info!(tag = %e.tag, action = e.action.as_str(), digest = %e.digest, rule = %e.rule, "tag event");
+                }
+                Ok(PushedManifest { digest, subject })
+            }
+            PutOutcome::Denied(tags) => Err(Error::Denied {
+                repository: repo.clone(),
+                attempted: Some(digest),
+                tags,
+            }),
+        }
     }
 
     /// Finds a manifest by tag or digest without reading its bytes (HEAD).
@@ -520,16 +571,48 @@ impl Registry {
     }
 
     /// Deletes a manifest by digest (with its tags), or only a tag (end-9).
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
-        let deleted = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+    /// Immutable tags, and manifests any immutable tag holds, cannot be deleted
+    /// here; retention will be the one path that may remove them.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference, actor: &str) -> Result<()> {
+        let guard = self.guard(repo);
+        let outcome = match reference {
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d, &guard, actor).await?,
+            Reference::Tag(t) => self.meta.delete_tag(repo, t, &guard, actor).await?,
         };
-        if deleted {
-            Ok(())
-        } else {
-            Err(Error::ManifestUnknown(reference.to_string()))
+        match outcome {
+            DeleteOutcome::Deleted => Ok(()),
+            DeleteOutcome::NotFound => Err(Error::ManifestUnknown(reference.to_string())),
+            DeleteOutcome::Denied(tags) => Err(Error::Denied {
+                repository: repo.clone(),
+                attempted: None,
+                tags,
+            }),
         }
+    }
+
+    /// A tag's history, newest first (`before`: an event id from a previous page).
+    pub async fn tag_history(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        before: Option<i64>,
+        n: Option<u32>,
+    ) -> Result<Vec<TagHistoryEntry>> {
+        self.meta
+            .tag_history(repo, tag.as_str(), before, self.page_size(n))
+            .await?
+            .ok_or_else(|| Error::NameUnknown(repo.clone()))
+    }
+
+    /// What `tag` pointed at at `at_ms` (Unix milliseconds).
+    pub async fn tag_at(&self, repo: &RepoName, tag: &Tag, at_ms: i64) -> Result<TagHistoryEntry> {
+        if self.meta.repository_id(repo).await?.is_none() {
+            return Err(Error::NameUnknown(repo.clone()));
+        }
+        self.meta
+            .tag_at(repo, tag.as_str(), at_ms)
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(format!("{tag} (not bound at that time)")))
     }
 
     // ---- listings (end-8, end-12, catalog) ----------------------------------

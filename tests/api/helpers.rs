@@ -90,6 +90,36 @@ impl TestApp {
         }
     }
 
+    /// Starts a second registry with this one's configuration: the same database
+    /// and blob directory, a new port and a new process state (nothing shared in
+    /// memory with `self`). `self` must outlive the result, which owns only an
+    /// unused temporary directory.
+    pub async fn restart(&self) -> TestApp {
+        let app = App::build(&self.config).await.expect("server restarts");
+        let addr = app.local_addr().expect("addr");
+        tokio::spawn(app.run(std::future::pending()));
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            db: self.db,
+            config: self.config.clone(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The absolute URL of a `Location` header (which may be relative).
+    pub fn url_of(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{}", self.base, location)
+        }
+    }
+
     /// `host:port`, as image references name this registry.
     pub fn host(&self) -> String {
         self.addr.to_string()

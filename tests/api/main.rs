@@ -3,3 +3,11 @@
 
 mod helpers;
 mod process;
+mod blobs;
+mod uploads;
+mod e2e;
+mod manifests;
+mod listing;
+mod protocol;
+mod immutability;
+mod metadata;

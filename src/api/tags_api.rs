@@ -1,0 +1,149 @@
+//! The JSON API for tags and immutability (`/api/v1/…`): a tag's history, where
+//! it pointed at a given time, the effective rules of a repository, and the
+//! decision for one tag with the rule that made it.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{number, AppState, Query};
+use crate::domain::{RepoName, Tag};
+use crate::error::{ApiError, Code};
+use crate::metadata::TagHistoryEntry;
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn entry(e: &TagHistoryEntry) -> Value {
+    json!({
+        "id": e.id,
+        "action": e.action,
+        "digest": e.digest,
+        "previous_digest": e.previous_digest,
+        "rule": e.rule,
+        "actor": e.actor,
+        "at": rfc3339(e.at_ms),
+    })
+}
+
+fn bad_request(msg: String) -> ApiError {
+    ApiError::new(Code::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
+}
+
+/// `GET /api/v1/policy/explain?repository=<name>&tag=<tag>`
+pub(super) async fn explain(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let q = Query::parse(req.uri().query());
+    let result = (|| {
+        let repo: RepoName = q
+            .get("repository")
+            .ok_or_else(|| bad_request("?repository= is required".into()))?
+            .parse()?;
+        let tag: Tag = q
+            .get("tag")
+            .ok_or_else(|| bad_request("?tag= is required".into()))?
+            .parse()?;
+        let d = state.registry.explain(&repo, tag.as_str());
+        Ok::<_, ApiError>(Json(json!({
+            "repository": repo.as_str(),
+            "tag": tag.as_str(),
+            "mutability": d.mutability,
+            "rule": d.rule,
+            "rule_repositories": d.repositories,
+            "rule_tags": d.tags,
+        })))
+    })();
+    result.map(IntoResponse::into_response).unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /api/v1/repositories/<name>/…`: `policy`, `tags/<tag>`, `tags/<tag>/history`.
+pub(super) async fn repository(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let q = Query::parse(req.uri().query());
+    route(&state, &path, &q)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiError> {
+    let rest = path.trim_start_matches("/api/v1/repositories/");
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let name = |k: usize| -> Result<RepoName, ApiError> {
+        if k == 0 {
+            return Err(ApiError::new(Code::NameInvalid, "repository name is empty"));
+        }
+        Ok(segs[..k].join("/").parse()?)
+    };
+    let reg = &state.registry;
+    if n >= 2 && segs[n - 1] == "policy" {
+        let repo = name(n - 1)?;
+        return Ok(Json(json!({
+            "repository": repo.as_str(),
+            "default": "immutable",
+            "rules": reg.rules_for(&repo),
+        }))
+        .into_response());
+    }
+    if n >= 4 && segs[n - 3] == "tags" && segs[n - 1] == "history" {
+        let repo = name(n - 3)?;
+        let tag: Tag = segs[n - 2].parse()?;
+        let before = q
+            .get("before")
+            .map(|b| b.parse::<i64>().map_err(|_| bad_request(format!("?before={b:?} must be an event id"))))
+            .transpose()?;
+        let limit = number(q, "n")?;
+        let events = reg.tag_history(&repo, &tag, before, limit).await?;
+        let next = events.last().map(|e| e.id);
+        let body = json!({
+            "repository": repo.as_str(),
+            "tag": tag.as_str(),
+            "events": events.iter().map(entry).collect::<Vec<_>>(),
+        });
+        let mut resp = Json(body).into_response();
+        if let (Some(limit), Some(next)) = (limit, next) {
+            if events.len() as u32 == limit {
+                let link = format!("<{path}?n={limit}&before={next}>; rel=\"next\"");
+                if let Ok(v) = link.parse() {
+                    resp.headers_mut().insert(axum::http::header::LINK, v);
+                }
+            }
+        }
+        return Ok(resp);
+    }
+    if n >= 3 && segs[n - 2] == "tags" {
+        let repo = name(n - 2)?;
+        let tag: Tag = segs[n - 1].parse()?;
+        let decision = reg.explain(&repo, tag.as_str());
+        let at_ms = match q.get("at") {
+            Some(at) => {
+                let t = OffsetDateTime::parse(at, &Rfc3339).map_err(|e| {
+                    bad_request(format!("?at={at:?} is not an RFC 3339 time (e.g. 2026-11-25T14:00:00Z): {e}"))
+                })?;
+                (t.unix_timestamp_nanos() / 1_000_000) as i64
+            }
+            None => (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+        };
+        let e = reg.tag_at(&repo, &tag, at_ms).await?;
+        return Ok(Json(json!({
+            "repository": repo.as_str(),
+            "tag": tag.as_str(),
+            "at": rfc3339(at_ms),
+            "digest": e.digest,
+            "bound_at": rfc3339(e.at_ms),
+            "mutability": decision.mutability,
+            "rule": decision.rule,
+        }))
+        .into_response());
+    }
+    Err(ApiError::new(Code::Unsupported, format!("no endpoint at {path}")).with_status(StatusCode::NOT_FOUND))
+}

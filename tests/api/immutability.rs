@@ -1,0 +1,295 @@
+//! Tag immutability as a client sees it: idempotent re-pushes, refused
+//! overwrites and deletes, atomic multi-tag pushes, races, pins, and history.
+
+use cairn::policy::{Mutability, RuleSpec};
+use cairn::{App, Config};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::both;
+use crate::helpers::{error_code, image_manifest, sha256, Db, TestApp, OCI_MANIFEST};
+
+/// Another server over `app`'s database and blobs, with its config tweaked.
+async fn sibling(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = app.config.clone();
+    tweak(&mut config);
+    let server = App::build(&config).await.expect("sibling starts");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(server.run(std::future::pending()));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        db: app.db,
+        config,
+        dir: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+fn mutable(name: &str, repos: &[&str], tags: &[&str]) -> RuleSpec {
+    RuleSpec {
+        name: name.into(),
+        repositories: repos.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        mutability: Mutability::Mutable,
+    }
+}
+
+/// Pushes a config and layer and returns a manifest (not yet pushed) unique to `seed`.
+async fn manifest_for(app: &TestApp, repo: &str, seed: &str) -> (Vec<u8>, String) {
+    let config = format!("{{\"seed\":\"{seed}\"}}");
+    let cd = app.push_blob(repo, config.as_bytes()).await;
+    let m = image_manifest(&cd, config.len(), &[], None, None);
+    let d = sha256(&m);
+    (m, d)
+}
+
+async fn digest_of_tag(app: &TestApp, repo: &str, tag: &str) -> Option<String> {
+    let r = app
+        .req(Method::HEAD, &format!("/v2/{repo}/manifests/{tag}"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("head");
+    (r.status() == 200).then(|| r.headers()["docker-content-digest"].to_str().expect("digest").to_string())
+}
+
+async fn history(app: &TestApp, repo: &str, tag: &str) -> Vec<(String, String)> {
+    let v: Value = app
+        .get(&format!("/api/v1/repositories/{repo}/tags/{tag}/history"))
+        .await
+        .json()
+        .await
+        .expect("history json");
+    v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap_or("").to_string(), e["digest"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+async fn overwrite_is_refused_and_retry_succeeds(app: TestApp) {
+    let repo = "team/app";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    let (b, db) = manifest_for(&app, repo, "b").await;
+    let r = app.put_manifest(repo, "v1.4.2", OCI_MANIFEST, &a).await;
+    assert_eq!(r.status(), 201);
+    // The CI retry: same bytes, same tag.
+    let r = app.put_manifest(repo, "v1.4.2", OCI_MANIFEST, &a).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], da.as_str());
+    // Different content under the same tag.
+    let r = app.put_manifest(repo, "v1.4.2", OCI_MANIFEST, &b).await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("error json");
+    let e = &body["errors"][0];
+    assert_eq!(e["code"], "DENIED");
+    let msg = e["message"].as_str().expect("message");
+    assert_eq!(
+        msg,
+        format!("tag \"v1.4.2\" in \"team/app\" is immutable (rule \"default\"): it holds {da} and cannot be moved to {db}")
+    );
+    assert_eq!(e["detail"]["tag"], "v1.4.2");
+    assert_eq!(e["detail"]["repository"], repo);
+    assert_eq!(e["detail"]["existing_digest"], da.as_str());
+    assert_eq!(e["detail"]["attempted_digest"], db.as_str());
+    assert_eq!(e["detail"]["rule"], "default");
+    // Nothing changed: the tag holds A and the refused manifest was not stored.
+    assert_eq!(digest_of_tag(&app, repo, "v1.4.2").await.as_deref(), Some(da.as_str()));
+    assert_eq!(app.head(&format!("/v2/{repo}/manifests/{db}")).await.status(), 404);
+    assert_eq!(
+        history(&app, repo, "v1.4.2").await,
+        vec![
+            ("denied".to_string(), db.clone()),
+            ("repushed".to_string(), da.clone()),
+            ("created".to_string(), da.clone())
+        ]
+    );
+}
+
+async fn multi_tag_pushes_are_atomic(app: TestApp) {
+    let repo = "multi";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    let (b, db) = manifest_for(&app, repo, "b").await;
+    let r = app.put_manifest(repo, &format!("{da}?tag=one&tag=two"), OCI_MANIFEST, &a).await;
+    assert_eq!(r.status(), 201);
+    let r = app
+        .put_manifest(repo, &format!("{db}?tag=three&tag=one&tag=two"), OCI_MANIFEST, &b)
+        .await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("json");
+    let tags: Vec<&str> = body["errors"][0]["detail"]["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .map(|t| t["tag"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(tags, vec!["one", "two"]);
+    let msg = body["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("\"one\"") && msg.contains("\"two\""), "{msg}");
+    // None bound: "three" does not exist.
+    assert_eq!(digest_of_tag(&app, repo, "three").await, None);
+    assert_eq!(digest_of_tag(&app, repo, "one").await.as_deref(), Some(da.as_str()));
+    let list: Value = app.get(&format!("/v2/{repo}/tags/list")).await.json().await.expect("json");
+    assert_eq!(list["tags"], serde_json::json!(["one", "two"]));
+}
+
+async fn immutable_tags_and_their_manifests_cannot_be_deleted(app: TestApp) {
+    let repo = "del";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    assert_eq!(app.put_manifest(repo, "v1", OCI_MANIFEST, &a).await.status(), 201);
+    let r = app.delete(&format!("/v2/{repo}/manifests/v1")).await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert!(body["errors"][0]["message"].as_str().unwrap_or("").contains("rule \"default\""));
+    let r = app.delete(&format!("/v2/{repo}/manifests/{da}")).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "DENIED");
+    assert_eq!(digest_of_tag(&app, repo, "v1").await.as_deref(), Some(da.as_str()));
+    // An untagged manifest deletes as the spec says.
+    let (b, db) = manifest_for(&app, repo, "b").await;
+    assert_eq!(app.put_manifest(repo, &db, OCI_MANIFEST, &b).await.status(), 201);
+    assert_eq!(app.delete(&format!("/v2/{repo}/manifests/{db}")).await.status(), 202);
+    assert_eq!(app.head(&format!("/v2/{repo}/manifests/{db}")).await.status(), 404);
+}
+
+async fn mutable_tags_move_and_history_answers_at(app: TestApp) {
+    let app = sibling(&app, |c| c.immutability.rules = vec![mutable("dev tags", &["team/*"], &["latest", "*-dev"])]).await;
+    let repo = "team/web";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    let (b, db) = manifest_for(&app, repo, "b").await;
+    let before = time_now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(app.put_manifest(repo, "latest", OCI_MANIFEST, &a).await.status(), 201);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = time_now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(app.put_manifest(repo, "latest", OCI_MANIFEST, &b).await.status(), 201);
+    assert_eq!(digest_of_tag(&app, repo, "latest").await.as_deref(), Some(db.as_str()));
+    let h: Value = app
+        .get(&format!("/api/v1/repositories/{repo}/tags/latest/history"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(h["events"][0]["action"], "moved");
+    assert_eq!(h["events"][0]["previous_digest"], da.as_str());
+    assert_eq!(h["events"][0]["rule"], "dev tags");
+    assert_eq!(h["events"][0]["actor"], "127.0.0.1");
+    let at = |t: String| format!("/api/v1/repositories/{repo}/tags/latest?at={t}");
+    let v: Value = app.get(&at(between)).await.json().await.expect("json");
+    assert_eq!(v["digest"], da.as_str());
+    let v: Value = app.get(&at(time_now())).await.json().await.expect("json");
+    assert_eq!(v["digest"], db.as_str());
+    assert_eq!(app.get(&at(before)).await.status(), 404);
+    let r = app.get(&format!("/api/v1/repositories/{repo}/tags/latest?at=yesterday")).await;
+    assert_eq!(r.status(), 400);
+    // Paginated history: one event per page, following Link.
+    let r = app.get(&format!("/api/v1/repositories/{repo}/tags/latest/history?n=1")).await;
+    let link = r.headers()["link"].to_str().expect("link").to_string();
+    let next = link.trim_start_matches('<').split('>').next().expect("url").to_string();
+    let v: Value = app.get(&next).await.json().await.expect("json");
+    assert_eq!(v["events"][0]["action"], "created");
+    // A mutable-only tagged manifest can be deleted; its tag goes with it.
+    assert_eq!(app.delete(&format!("/v2/{repo}/manifests/{db}")).await.status(), 202);
+    assert_eq!(digest_of_tag(&app, repo, "latest").await, None);
+    // The explain API names the rule.
+    let v: Value = app
+        .get("/api/v1/policy/explain?repository=team/web&tag=feature-dev")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["mutability"], "mutable");
+    assert_eq!(v["rule"], "dev tags");
+    let v: Value = app.get("/api/v1/repositories/team/web/policy").await.json().await.expect("json");
+    assert_eq!(v["rules"][1]["name"], "dev tags");
+}
+
+fn time_now() -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::now_utc().format(&Rfc3339).expect("format")
+}
+
+async fn a_pinned_name_never_means_another_digest(app: TestApp) {
+    let repo = "pins";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    let (b, _) = manifest_for(&app, repo, "b").await;
+    assert_eq!(app.put_manifest(repo, "v1", OCI_MANIFEST, &a).await.status(), 201);
+    // An operator makes the tag mutable and removes it...
+    let lax = sibling(&app, |c| c.immutability.rules = vec![mutable("all", &["**"], &["*"])]).await;
+    assert_eq!(lax.delete(&format!("/v2/{repo}/manifests/v1")).await.status(), 202);
+    // ...then the default returns: the name stays pinned to its first digest.
+    let strict = sibling(&app, |_| {}).await;
+    let r = strict.put_manifest(repo, "v1", OCI_MANIFEST, &b).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(digest_of_tag(&strict, repo, "v1").await, None);
+    // Re-pushing the original digest restores it.
+    assert_eq!(strict.put_manifest(repo, "v1", OCI_MANIFEST, &a).await.status(), 201);
+    assert_eq!(digest_of_tag(&strict, repo, "v1").await.as_deref(), Some(da.as_str()));
+}
+
+/// 32 clients push 32 different manifests under one new immutable tag at once.
+async fn race(apps: &[&TestApp], repo: &str) {
+    let mut manifests = Vec::new();
+    for i in 0..32 {
+        manifests.push(manifest_for(apps[0], repo, &format!("racer-{i}")).await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(32));
+    let mut tasks = Vec::new();
+    for (i, (m, d)) in manifests.into_iter().enumerate() {
+        let app = apps[i % apps.len()];
+        let url = format!("{}/v2/{repo}/manifests/release", app.base);
+        let client = reqwest::Client::new();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = client
+                .put(url)
+                .header("Content-Type", OCI_MANIFEST)
+                .body(m)
+                .send()
+                .await
+                .expect("put");
+            (r.status().as_u16(), d)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut denied = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            (201, d) => winners.push(d),
+            (409, _) => denied += 1,
+            (s, _) => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one push wins");
+    assert_eq!(denied, 31);
+    for app in apps {
+        assert_eq!(digest_of_tag(app, repo, "release").await.as_deref(), Some(winners[0].as_str()));
+    }
+}
+
+async fn thirty_two_way_race_has_one_winner(app: TestApp) {
+    race(&[&app], "race/one").await;
+}
+
+both!(
+    overwrite_is_refused_and_retry_succeeds,
+    multi_tag_pushes_are_atomic,
+    immutable_tags_and_their_manifests_cannot_be_deleted,
+    mutable_tags_move_and_history_answers_at,
+    a_pinned_name_never_means_another_digest,
+    thirty_two_way_race_has_one_winner,
+);
+
+/// Two server processes' worth of state (separate pools, no shared memory)
+/// over one PostgreSQL database.
+#[tokio::test]
+async fn race_across_two_servers_on_postgres() {
+    let a = TestApp::spawn(Db::Postgres).await;
+    let b = sibling(&a, |_| {}).await;
+    race(&[&a, &b], "race/two").await;
+}

@@ -1,0 +1,335 @@
+//! `cairn::metadata::Metadata` on its own, over a fresh SQLite file and a fresh
+//! PostgreSQL database: each body is written once and run on both.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cairn::domain::{Algorithm, Digest, RepoName, Tag};
+use cairn::metadata::{DbOptions, Metadata, NewManifest, PutOutcome, TagBinding};
+use cairn::storage::StoredPart;
+
+use crate::helpers::fresh_postgres_db;
+
+/// A migrated, empty metadata store and what keeps it alive.
+pub struct Store {
+    pub meta: Metadata,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn open(url: String, dir: Option<tempfile::TempDir>) -> Store {
+    let meta = Metadata::connect(&DbOptions {
+        url,
+        max_connections: 8,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("connect");
+    meta.migrate().await.expect("migrate");
+    Store { meta, _dir: dir }
+}
+
+pub async fn sqlite_store() -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    open(url, Some(dir)).await
+}
+
+pub async fn postgres_store() -> Store {
+    open(fresh_postgres_db().await, None).await
+}
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    let s = super::sqlite_store().await;
+                    assert_eq!(s.meta.backend_name(), "sqlite");
+                    super::$name(&s.meta).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    let s = super::postgres_store().await;
+                    assert_eq!(s.meta.backend_name(), "postgres");
+                    super::$name(&s.meta).await
+                }
+            }
+        )*
+    };
+}
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+
+fn digest(data: &[u8]) -> Digest {
+    Digest::compute(Algorithm::Sha256, data)
+}
+
+fn binding(t: &str, immutable: bool) -> TagBinding {
+    TagBinding {
+        tag: tag(t),
+        immutable,
+        rule: "test".into(),
+    }
+}
+
+fn manifest(seed: &[u8], subject: Option<Digest>, artifact_type: Option<&str>) -> NewManifest {
+    NewManifest {
+        digest: digest(seed),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        artifact_type: artifact_type.map(str::to_string),
+        subject,
+        size: seed.len() as u64,
+        annotations: BTreeMap::new(),
+        blobs: vec![digest(b"config"), digest(b"layer")],
+        children: vec![],
+    }
+}
+
+async fn ensure_repository_is_idempotent(meta: &Metadata) {
+    let a = repo("team/app");
+    assert_eq!(meta.repository_id(&a).await.unwrap(), None);
+    let id = meta.ensure_repository(&a).await.unwrap();
+    assert_eq!(meta.ensure_repository(&a).await.unwrap(), id);
+    assert_eq!(meta.repository_id(&a).await.unwrap(), Some(id));
+    let other = meta.ensure_repository(&repo("team/other")).await.unwrap();
+    assert_ne!(other, id);
+
+    // Concurrent first uses agree on one id.
+    let b = repo("raced");
+    let ids = futures::future::join_all((0..8).map(|_| meta.ensure_repository(&b))).await;
+    let ids: Vec<i64> = ids.into_iter().map(|r| r.unwrap()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let page = meta.list_repositories(None, 100).await.unwrap();
+    assert_eq!(page.items, vec!["raced", "team/app", "team/other"]);
+}
+
+async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
+    let r = repo("demo");
+    let id = meta.ensure_repository(&r).await.unwrap();
+    let m1 = manifest(b"m1", None, None);
+    let out = meta
+        .put_manifest(id, &m1, &[binding("a", false), binding("b", false)], "test")
+        .await
+        .unwrap();
+    assert!(matches!(out, PutOutcome::Stored(ref e) if e.len() == 2), "{out:?}");
+    for t in ["a", "b"] {
+        let rec = meta.resolve_tag(&r, &tag(t)).await.unwrap().expect(t);
+        assert_eq!(rec.digest, m1.digest.as_str());
+    }
+    assert_eq!(meta.blob_size(&m1.digest).await.unwrap(), Some(2));
+
+    // `pinned` is immutable and holds m1: a push of m2 that also names `c` and
+    // `a` changes nothing at all, not even the manifest row.
+    let out = meta
+        .put_manifest(id, &m1, &[binding("pinned", true)], "test")
+        .await
+        .unwrap();
+    assert!(matches!(out, PutOutcome::Stored(_)), "{out:?}");
+    let m2 = manifest(b"m2", None, None);
+    let out = meta
+        .put_manifest(
+            id,
+            &m2,
+            &[binding("c", false), binding("a", false), binding("pinned", true)],
+            "test",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, PutOutcome::Denied(ref d) if d.len() == 1 && d[0].tag == "pinned"), "{out:?}");
+    assert!(meta.resolve_tag(&r, &tag("c")).await.unwrap().is_none());
+    assert_eq!(
+        meta.resolve_tag(&r, &tag("a")).await.unwrap().unwrap().digest,
+        m1.digest.as_str()
+    );
+    assert!(meta.manifest(&r, &m2.digest).await.unwrap().is_none());
+
+    // A failure inside the transaction (no such repository) leaves nothing behind.
+    let m3 = manifest(b"m3", None, None);
+    assert!(meta
+        .put_manifest(id + 1000, &m3, &[binding("x", false)], "test")
+        .await
+        .is_err());
+    assert_eq!(meta.blob_size(&m3.digest).await.unwrap(), None);
+    assert!(meta.resolve_tag(&r, &tag("x")).await.unwrap().is_none());
+
+    let page = meta.list_tags(&r, None, 100).await.unwrap().unwrap();
+    assert_eq!(page.items, vec!["a", "b", "pinned"]);
+}
+
+async fn upload_session(meta: &Metadata, r: &RepoName, id: &str) -> i64 {
+    let repo_id = meta.ensure_repository(r).await.unwrap();
+    let h = Algorithm::Sha256.hasher();
+    meta.create_upload(repo_id, id, "sha256", &h.save())
+        .await
+        .unwrap();
+    repo_id
+}
+
+fn part(key: &str, size: u64) -> StoredPart {
+    StoredPart {
+        key: key.into(),
+        size,
+    }
+}
+
+async fn append_upload_is_optimistic(meta: &Metadata) {
+    let r = repo("demo");
+    upload_session(meta, &r, "u1").await;
+    let state = Algorithm::Sha256.hasher().save();
+
+    let a = part("uploads/u1/a", 10);
+    let b = part("uploads/u1/b", 20);
+    let (ra, rb) = tokio::join!(
+        meta.append_upload("u1", 0, &a, &state),
+        meta.append_upload("u1", 0, &b, &state)
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra ^ rb, "exactly one append at offset 0 wins: {ra} {rb}");
+    let winner = if ra { &a } else { &b };
+    let u = meta.upload(&r, "u1").await.unwrap().unwrap();
+    assert_eq!(u.size, winner.size);
+    assert_eq!(u.parts, vec![winner.clone()]);
+
+    // A stale expectation loses; the right one wins.
+    let c = part("uploads/u1/c", 5);
+    assert!(!meta.append_upload("u1", 0, &c, &state).await.unwrap());
+    assert!(meta
+        .append_upload("u1", winner.size, &c, &state)
+        .await
+        .unwrap());
+    let u = meta.upload(&r, "u1").await.unwrap().unwrap();
+    assert_eq!(u.size, winner.size + 5);
+    assert_eq!(u.parts, vec![winner.clone(), c]);
+    // Sessions belong to their repository.
+    assert!(meta.upload(&repo("other"), "u1").await.unwrap().is_none());
+}
+
+async fn finish_upload_happens_once(meta: &Metadata) {
+    let r = repo("demo");
+    let repo_id = upload_session(meta, &r, "u2").await;
+    let state = Algorithm::Sha256.hasher().save();
+    assert!(meta
+        .append_upload("u2", 0, &part("uploads/u2/p", 7), &state)
+        .await
+        .unwrap());
+    let d = digest(b"content");
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
+
+    let (first, second) = tokio::join!(
+        meta.finish_upload("u2", repo_id, &d, 7),
+        meta.finish_upload("u2", repo_id, &d, 7)
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert!(first ^ second, "exactly one finish: {first} {second}");
+    assert!(!meta.finish_upload("u2", repo_id, &d, 7).await.unwrap());
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(7));
+    assert!(meta.upload(&r, "u2").await.unwrap().is_none());
+    assert!(meta.delete_upload(&r, "u2").await.unwrap().is_none());
+}
+
+fn assert_page(p: &cairn::metadata::Page, items: &[&str], more: bool) {
+    let got: Vec<&str> = p.items.iter().map(String::as_str).collect();
+    assert_eq!((got.as_slice(), p.more), (items, more));
+}
+
+async fn listings_paginate(meta: &Metadata) {
+    for n in ["c", "a", "b/x", "b", "a-b"] {
+        meta.ensure_repository(&repo(n)).await.unwrap();
+    }
+    let p = meta.list_repositories(None, 2).await.unwrap();
+    assert_page(&p, &["a", "a-b"], true);
+    let p = meta.list_repositories(Some("a-b"), 2).await.unwrap();
+    assert_page(&p, &["b", "b/x"], true);
+    let p = meta.list_repositories(Some("b/x"), 2).await.unwrap();
+    assert_page(&p, &["c"], false);
+    let p = meta.list_repositories(Some("a"), 4).await.unwrap();
+    assert_page(&p, &["a-b", "b", "b/x", "c"], false);
+    let p = meta.list_repositories(None, 0).await.unwrap();
+    assert!(p.items.is_empty());
+
+    let r = repo("a");
+    let id = meta.repository_id(&r).await.unwrap().unwrap();
+    let tags = ["v3", "v1", "V2", "v10"];
+    let bindings: Vec<TagBinding> = tags.iter().map(|t| binding(t, false)).collect();
+    meta.put_manifest(id, &manifest(b"m", None, None), &bindings, "test")
+        .await
+        .unwrap();
+    let p = meta.list_tags(&r, None, 3).await.unwrap().unwrap();
+    assert_page(&p, &["V2", "v1", "v10"], true);
+    let p = meta.list_tags(&r, Some("v10"), 3).await.unwrap().unwrap();
+    assert_page(&p, &["v3"], false);
+    assert!(meta.list_tags(&repo("zzz"), None, 3).await.unwrap().is_none());
+    let p = meta.list_tags(&repo("b"), None, 3).await.unwrap().unwrap();
+    assert!(p.items.is_empty() && !p.more);
+}
+
+async fn referrers_are_found_by_subject(meta: &Metadata) {
+    let r = repo("demo");
+    let id = meta.ensure_repository(&r).await.unwrap();
+    let base = manifest(b"base", None, None);
+    meta.put_manifest(id, &base, &[], "test").await.unwrap();
+    assert!(meta.referrers(&r, &base.digest).await.unwrap().is_empty());
+
+    let mut sig = manifest(b"sig", Some(base.digest.clone()), Some("application/x-sig"));
+    sig.annotations.insert("k".into(), "v".into());
+    meta.put_manifest(id, &sig, &[], "test").await.unwrap();
+    let sbom = manifest(b"sbom", Some(base.digest.clone()), None);
+    meta.put_manifest(id, &sbom, &[], "test").await.unwrap();
+    // Same subject in another repository: not a referrer here.
+    let other = meta.ensure_repository(&repo("other")).await.unwrap();
+    meta.put_manifest(
+        other,
+        &manifest(b"elsewhere", Some(base.digest.clone()), None),
+        &[],
+        "test",
+    )
+    .await
+    .unwrap();
+
+    let mut got = meta.referrers(&r, &base.digest).await.unwrap();
+    got.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let mut want = [
+        (sig.digest.to_string(), Some("application/x-sig".to_string()), Some(BTreeMap::from([("k".to_string(), "v".to_string())]))),
+        (sbom.digest.to_string(), None, None),
+    ];
+    want.sort();
+    let got: Vec<_> = got
+        .into_iter()
+        .map(|x| (x.digest, x.artifact_type, x.annotations))
+        .collect();
+    assert_eq!(got, want.to_vec());
+    assert!(meta.referrers(&r, &sig.digest).await.unwrap().is_empty());
+}
+
+both_stores!(
+    ensure_repository_is_idempotent,
+    put_manifest_binds_all_tags_or_none,
+    append_upload_is_optimistic,
+    finish_upload_happens_once,
+    listings_paginate,
+    referrers_are_found_by_subject,
+);
+
+#[test]
+fn migration_directories_are_in_step() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let names = |d: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(d))
+            .unwrap_or_else(|e| panic!("migrations/{d}: {e}"))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        v.sort();
+        v
+    };
+    let (sqlite, postgres) = (names("sqlite"), names("postgres"));
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, postgres, "migrations/sqlite and migrations/postgres differ");
+}

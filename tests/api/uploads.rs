@@ -1,0 +1,507 @@
+//! Blob uploads (end-4a/4b, end-5, end-6, end-11, end-13), as a client sees them.
+
+use bytes::Bytes;
+use reqwest::{Method, Response};
+use sha2::{Digest as _, Sha512};
+
+use crate::both;
+use crate::helpers::{error_code, sha256, TestApp};
+
+fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn sha512(data: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(Sha512::digest(data)))
+}
+
+/// `url` with `?digest=` (or `&digest=`) appended.
+fn with_digest(url: &str, digest: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}digest={digest}")
+}
+
+/// POSTs a new upload session and returns the absolute URL of its Location.
+async fn start(app: &TestApp, repo: &str, query: &str) -> String {
+    let r = app
+        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    assert!(header(&r, "docker-upload-uuid").is_some());
+    app.url_of(header(&r, "location").expect("Location"))
+}
+
+async fn patch(app: &TestApp, url: &str, range: Option<&str>, body: &[u8]) -> Response {
+    let mut b = app.client.patch(url).body(body.to_vec());
+    if let Some(r) = range {
+        b = b
+            .header("Content-Range", r)
+            .header("Content-Type", "application/octet-stream");
+    }
+    b.send().await.unwrap()
+}
+
+async fn put(app: &TestApp, url: &str, digest: &str, body: &[u8]) -> Response {
+    app.client
+        .put(with_digest(url, digest))
+        .header("Content-Type", "application/octet-stream")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_blob(app: &TestApp, repo: &str, digest: &str, data: &[u8]) {
+    let r = app.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(r.status(), 200, "blob {digest} in {repo}");
+    assert_eq!(header(&r, "docker-content-digest"), Some(digest));
+    assert_eq!(
+        header(&r, "content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    let got = r.bytes().await.unwrap();
+    assert!(got.as_ref() == data, "bytes of {digest} differ");
+}
+
+async fn assert_no_blob(app: &TestApp, repo: &str, digest: &str) {
+    let r = app.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(r.status(), 404, "blob {digest} must not be visible in {repo}");
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+}
+
+async fn post_then_put_monolithic(app: TestApp) {
+    let data = b"monolithic upload";
+    let d = sha256(data);
+    let url = start(&app, "demo", "").await;
+    let r = put(&app, &url, &d, data).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    let loc = header(&r, "location").expect("Location").to_string();
+    assert!(loc.ends_with(&format!("/v2/demo/blobs/{d}")), "{loc}");
+    // The Location serves the blob.
+    let r = app.client.get(app.url_of(&loc)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data);
+    // The session is gone.
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+}
+
+async fn single_post_with_digest(app: TestApp) {
+    let data = b"single POST";
+    let d = sha256(data);
+    let r = app
+        .req(Method::POST, &format!("/v2/demo/blobs/uploads/?digest={d}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    assert!(header(&r, "location")
+        .unwrap()
+        .ends_with(&format!("/v2/demo/blobs/{d}")));
+    assert_blob(&app, "demo", &d, data).await;
+
+    // A wrong digest stores nothing.
+    let wrong = sha256(b"something else");
+    let r = app
+        .req(Method::POST, &format!("/v2/demo/blobs/uploads/?digest={wrong}"))
+        .body(b"not that".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    assert_no_blob(&app, "demo", &wrong).await;
+    assert_no_blob(&app, "demo", &sha256(b"not that")).await;
+}
+
+async fn chunked_patches_in_order(app: TestApp) {
+    let data: Vec<u8> = (0..30u8).collect();
+    let d = sha256(&data);
+    let url = start(&app, "demo", "").await;
+
+    let r = patch(&app, &url, Some("0-9"), &data[..10]).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(header(&r, "range"), Some("0-9"));
+    let url = app.url_of(header(&r, "location").expect("Location"));
+    let r = patch(&app, &url, Some("10-19"), &data[10..20]).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(header(&r, "range"), Some("0-19"));
+    let url = app.url_of(header(&r, "location").expect("Location"));
+    let r = patch(&app, &url, Some("20-29"), &data[20..]).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(header(&r, "range"), Some("0-29"));
+    let url = app.url_of(header(&r, "location").expect("Location"));
+
+    let r = put(&app, &url, &d, b"").await;
+    assert_eq!(r.status(), 201);
+    assert_blob(&app, "demo", &d, &data).await;
+}
+
+async fn out_of_order_chunks_are_416_with_the_current_range(app: TestApp) {
+    let data: Vec<u8> = (0..30u8).collect();
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-9"), &data[..10]).await;
+    assert_eq!(r.status(), 202);
+
+    // A gap, then a repeat of the first chunk: both refused with the size held.
+    for (range, body) in [("20-29", &data[20..]), ("0-9", &data[..10])] {
+        let r = patch(&app, &url, Some(range), body).await;
+        assert_eq!(r.status(), 416, "{range}");
+        assert_eq!(header(&r, "range"), Some("0-9"), "{range}");
+    }
+    // The upload is unharmed: it continues where it stood.
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "range"), Some("0-9"));
+    let r = patch(&app, &url, Some("10-29"), &data[10..]).await;
+    assert_eq!(r.status(), 202);
+    let r = put(&app, &url, &sha256(&data), b"").await;
+    assert_eq!(r.status(), 201);
+    assert_blob(&app, "demo", &sha256(&data), &data).await;
+}
+
+async fn content_range_with_and_without_bytes_prefix(app: TestApp) {
+    let data = b"0123456789abcdefghij";
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-9"), &data[..10]).await;
+    assert_eq!(r.status(), 202);
+    let r = patch(&app, &url, Some("bytes=10-14"), &data[10..15]).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(header(&r, "range"), Some("0-14"));
+    let r = patch(&app, &url, Some("bytes 15-19/*"), &data[15..]).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(header(&r, "range"), Some("0-19"));
+    let r = put(&app, &url, &sha256(data), b"").await;
+    assert_eq!(r.status(), 201);
+    assert_blob(&app, "demo", &sha256(data), data).await;
+}
+
+async fn streamed_patch_with_chunked_transfer_encoding(app: TestApp) {
+    let pieces: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 3000 + i as usize]).collect();
+    let data: Vec<u8> = pieces.concat();
+    let url = start(&app, "demo", "").await;
+
+    let stream = futures::stream::iter(
+        pieces
+            .clone()
+            .into_iter()
+            .map(|p| Ok::<_, std::io::Error>(Bytes::from(p))),
+    );
+    let r = app
+        .client
+        .patch(&url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let want = format!("0-{}", data.len() - 1);
+    assert_eq!(header(&r, "range"), Some(want.as_str()));
+
+    // A second streamed PATCH appends.
+    let tail = b"and the tail".to_vec();
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(tail.clone()))]);
+    let r = app
+        .client
+        .patch(&url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let all = [data, tail].concat();
+    let want = format!("0-{}", all.len() - 1);
+    assert_eq!(header(&r, "range"), Some(want.as_str()));
+
+    let r = put(&app, &url, &sha256(&all), b"").await;
+    assert_eq!(r.status(), 201);
+    assert_blob(&app, "demo", &sha256(&all), &all).await;
+}
+
+async fn upload_status_is_204_with_range(app: TestApp) {
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, None, &[1u8; 1234]).await;
+    assert_eq!(r.status(), 202);
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "range"), Some("0-1233"));
+    assert!(header(&r, "location").is_some());
+    assert!(header(&r, "docker-upload-uuid").is_some());
+
+    // An id that was never issued.
+    let r = app
+        .get("/v2/demo/blobs/uploads/0192f0a0-0000-7000-8000-000000000000")
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+}
+
+async fn cancelled_uploads_are_gone(app: TestApp) {
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, None, b"partial").await;
+    assert_eq!(r.status(), 202);
+    let r = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = patch(&app, &url, None, b"more").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = put(&app, &url, &sha256(b"partial"), b"").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    assert_no_blob(&app, "demo", &sha256(b"partial")).await;
+}
+
+async fn uploads_belong_to_their_repository(app: TestApp) {
+    let url = start(&app, "alice/app", "").await;
+    let id = url.rsplit('/').next().unwrap().to_string();
+    let r = app.get(&format!("/v2/bob/app/blobs/uploads/{id}")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = app
+        .req(
+            Method::PUT,
+            &format!("/v2/bob/app/blobs/uploads/{id}?digest={}", sha256(b"x")),
+        )
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_no_blob(&app, "bob/app", &sha256(b"x")).await;
+    assert_no_blob(&app, "alice/app", &sha256(b"x")).await;
+}
+
+async fn wrong_digest_on_put_is_digest_invalid_and_stores_nothing(app: TestApp) {
+    let data = b"the real content";
+    let wrong = sha256(b"what the client claims");
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, None, &data[..8]).await;
+    assert_eq!(r.status(), 202);
+    let r = put(&app, &url, &wrong, &data[8..]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    assert_no_blob(&app, "demo", &wrong).await;
+    assert_no_blob(&app, "demo", &sha256(data)).await;
+
+    // A PUT without any digest is refused too.
+    let r = app
+        .client
+        .put(&url)
+        .body(Vec::<u8>::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+}
+
+async fn sha512_uploads(app: TestApp) {
+    let data = b"hashed with sha512 from the start";
+    let d = sha512(data);
+    let url = start(&app, "demo", "?digest-algorithm=sha512").await;
+    let r = patch(&app, &url, Some("0-9"), &data[..10]).await;
+    assert_eq!(r.status(), 202);
+    let r = put(&app, &url, &d, &data[10..]).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_blob(&app, "demo", &d, data).await;
+
+    // A single POST with a sha512 digest.
+    let data2 = b"single post, sha512";
+    let d2 = sha512(data2);
+    let r = app
+        .req(Method::POST, &format!("/v2/demo/blobs/uploads/?digest={d2}"))
+        .body(data2.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(&r, "docker-content-digest"), Some(d2.as_str()));
+    assert_blob(&app, "demo", &d2, data2).await;
+
+    // An algorithm the registry cannot verify is refused up front.
+    let r = app
+        .req(Method::POST, "/v2/demo/blobs/uploads/?digest-algorithm=md5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+}
+
+async fn finishing_a_sha256_upload_with_a_sha512_digest(app: TestApp) {
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 199) as u8).collect();
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-2999"), &data[..3000]).await;
+    assert_eq!(r.status(), 202);
+
+    // The wrong sha512 digest first: refused, nothing stored, session kept.
+    let r = put(&app, &url, &sha512(b"nope"), &data[3000..]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    assert_no_blob(&app, "demo", &sha512(&data)).await;
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "range"), Some("0-2999"));
+
+    let r = put(&app, &url, &sha512(&data), &data[3000..]).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_blob(&app, "demo", &sha512(&data), &data).await;
+    // It was stored under the sha512 digest only.
+    assert_no_blob(&app, "demo", &sha256(&data)).await;
+}
+
+async fn cross_repository_mount(app: TestApp) {
+    let data = b"shared base layer";
+    let d = app.push_blob("library/base", data).await;
+
+    let r = app
+        .req(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?mount={d}&from=library/base"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    assert!(header(&r, "location")
+        .unwrap()
+        .ends_with(&format!("/v2/team/app/blobs/{d}")));
+    assert_blob(&app, "team/app", &d, data).await;
+
+    // The source lacks the blob: a normal upload session starts instead.
+    let missing = sha256(b"not in the source");
+    let r = app
+        .req(
+            Method::POST,
+            &format!("/v2/team/other/blobs/uploads/?mount={missing}&from=library/base"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let url = app.url_of(header(&r, "location").expect("Location"));
+    assert_no_blob(&app, "team/other", &missing).await;
+    // ... which works as any other.
+    let r = put(&app, &url, &missing, b"not in the source").await;
+    assert_eq!(r.status(), 201);
+
+    // The source repository does not exist at all.
+    let r = app
+        .req(
+            Method::POST,
+            &format!("/v2/team/third/blobs/uploads/?mount={d}&from=no/such/repo"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(header(&r, "location").is_some());
+    assert_no_blob(&app, "team/third", &d).await;
+
+    // A repository holding the blob only through another one cannot lend it:
+    // deleting it from the mount target leaves the source serving it.
+    assert_eq!(app.delete(&format!("/v2/team/app/blobs/{d}")).await.status(), 202);
+    assert_no_blob(&app, "team/app", &d).await;
+    assert_blob(&app, "library/base", &d, data).await;
+}
+
+async fn upload_continues_after_a_restart(app: TestApp) {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let d = sha256(&data);
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-49999"), &data[..50_000]).await;
+    assert_eq!(r.status(), 202);
+    let path = url.strip_prefix(&app.base).unwrap().to_string();
+
+    let second = app.restart().await;
+    assert_ne!(second.base, app.base);
+    let url2 = second.url_of(&path);
+    let r = second.client.get(&url2).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "range"), Some("0-49999"));
+    let r = patch(&second, &url2, Some("50000-89999"), &data[50_000..90_000]).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(header(&r, "range"), Some("0-89999"));
+    let r = put(&second, &url2, &d, &data[90_000..]).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_blob(&second, "demo", &d, &data).await;
+    // Both servers see the same registry.
+    assert_blob(&app, "demo", &d, &data).await;
+}
+
+async fn a_multi_mebibyte_blob_in_chunks(app: TestApp) {
+    let size = 5 * 1024 * 1024 + 12_345;
+    let data: Vec<u8> = (0..size as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let d = sha256(&data);
+    let url = start(&app, "big/blob", "").await;
+    let chunk = 1_500_000;
+    let mut offset = 0;
+    let mut last: &[u8] = &[];
+    while offset < size {
+        let end = (offset + chunk).min(size);
+        if end == size {
+            last = &data[offset..end];
+            break;
+        }
+        let r = patch(
+            &app,
+            &url,
+            Some(&format!("{}-{}", offset, end - 1)),
+            &data[offset..end],
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        assert_eq!(
+            header(&r, "range"),
+            Some(format!("0-{}", end - 1).as_str())
+        );
+        offset = end;
+    }
+    let r = put(&app, &url, &d, last).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_blob(&app, "big/blob", &d, &data).await;
+    // A range from the middle, across chunk boundaries.
+    let r = app
+        .req(Method::GET, &format!("/v2/big/blob/blobs/{d}"))
+        .header("Range", "bytes=1499990-3000009")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap().as_ref() == &data[1_499_990..3_000_010]);
+}
+
+both!(
+    post_then_put_monolithic,
+    single_post_with_digest,
+    chunked_patches_in_order,
+    out_of_order_chunks_are_416_with_the_current_range,
+    content_range_with_and_without_bytes_prefix,
+    streamed_patch_with_chunked_transfer_encoding,
+    upload_status_is_204_with_range,
+    cancelled_uploads_are_gone,
+    uploads_belong_to_their_repository,
+    wrong_digest_on_put_is_digest_invalid_and_stores_nothing,
+    sha512_uploads,
+    finishing_a_sha256_upload_with_a_sha512_digest,
+    cross_repository_mount,
+    upload_continues_after_a_restart,
+    a_multi_mebibyte_blob_in_chunks,
+);
