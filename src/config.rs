@@ -62,6 +62,11 @@ pub struct LimitsConfig {
 pub struct ImmutabilityConfig {
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Accept a rebuilt BuildKit image index under an immutable tag when it lists
+    /// the same platform manifests and differs only in attestation manifests; the
+    /// tag keeps its digest.
+    #[serde(default)]
+    pub buildkit_index_equivalence: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,7 +140,9 @@ impl Config {
 
     /// The compiled immutability rules; an invalid rule is an error naming it.
     pub fn rules(&self) -> Result<RuleSet, crate::policy::immutability::RuleError> {
-        RuleSet::new(&self.immutability.rules)
+        let mut rules = RuleSet::new(&self.immutability.rules)?;
+        rules.index_equivalence = self.immutability.buildkit_index_equivalence;
+        Ok(rules)
     }
 
     pub fn acquire_timeout(&self) -> Duration {
@@ -170,6 +177,8 @@ mod tests {
     }
 
     #[test]
+    // figment's Jail closures return figment's (large) error type.
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -185,6 +194,8 @@ mod tests {
     }
 
     #[test]
+    // figment's Jail closures return figment's (large) error type.
+    #[allow(clippy::result_large_err)]
     fn unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "lisen = \"127.0.0.1:6000\"\n")?;

@@ -277,7 +277,8 @@ pub fn upload_range(size: u64) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, _, _) = self.code.info();
-        let body = json!({"errors": [{"code": code, "message": self.message, "detail": self.detail}]});
+        let body =
+            json!({"errors": [{"code": code, "message": self.message, "detail": self.detail}]});
         let mut resp = (self.status, axum::Json(body)).into_response();
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);

@@ -62,7 +62,9 @@ pub(super) async fn explain(State(state): State<Arc<AppState>>, req: Request) ->
             "rule_tags": d.tags,
         })))
     })();
-    result.map(IntoResponse::into_response).unwrap_or_else(IntoResponse::into_response)
+    result
+        .map(IntoResponse::into_response)
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `GET /api/v1/repositories/<name>/…`: `policy`, `tags/<tag>`, `tags/<tag>/history`.
@@ -99,7 +101,10 @@ async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiE
         let tag: Tag = segs[n - 2].parse()?;
         let before = q
             .get("before")
-            .map(|b| b.parse::<i64>().map_err(|_| bad_request(format!("?before={b:?} must be an event id"))))
+            .map(|b| {
+                b.parse::<i64>()
+                    .map_err(|_| bad_request(format!("?before={b:?} must be an event id")))
+            })
             .transpose()?;
         let limit = number(q, "n")?;
         let events = reg.tag_history(&repo, &tag, before, limit).await?;
@@ -127,7 +132,9 @@ async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiE
         let at_ms = match q.get("at") {
             Some(at) => {
                 let t = OffsetDateTime::parse(at, &Rfc3339).map_err(|e| {
-                    bad_request(format!("?at={at:?} is not an RFC 3339 time (e.g. 2026-11-25T14:00:00Z): {e}"))
+                    bad_request(format!(
+                        "?at={at:?} is not an RFC 3339 time (e.g. 2026-11-25T14:00:00Z): {e}"
+                    ))
                 })?;
                 (t.unix_timestamp_nanos() / 1_000_000) as i64
             }
@@ -145,5 +152,8 @@ async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiE
         }))
         .into_response());
     }
-    Err(ApiError::new(Code::Unsupported, format!("no endpoint at {path}")).with_status(StatusCode::NOT_FOUND))
+    Err(
+        ApiError::new(Code::Unsupported, format!("no endpoint at {path}"))
+            .with_status(StatusCode::NOT_FOUND),
+    )
 }

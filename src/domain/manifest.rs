@@ -68,6 +68,9 @@ pub struct Descriptor {
     pub size: u64,
     /// Non-distributable layers carry URLs and need not be in the registry.
     pub has_urls: bool,
+    /// A BuildKit attestation manifest inside an index
+    /// (`vnd.docker.reference.type: attestation-manifest`).
+    pub attestation: bool,
 }
 
 /// What the registry needs to know about a pushed manifest.
@@ -114,6 +117,11 @@ fn descriptor(raw: &RawDescriptor, what: &str) -> Result<Descriptor, ManifestErr
         digest,
         size: raw.size as u64,
         has_urls: raw.urls.as_ref().is_some_and(|u| !u.is_empty()),
+        attestation: raw
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("vnd.docker.reference.type"))
+            .is_some_and(|t| t == "attestation-manifest"),
     })
 }
 

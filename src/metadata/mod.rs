@@ -161,6 +161,8 @@ pub enum TagAction {
     Repushed,
     Denied,
     Deleted,
+    /// An equivalent index was pushed; the tag kept its digest.
+    Equivalent,
 }
 
 impl TagAction {
@@ -171,6 +173,7 @@ impl TagAction {
             TagAction::Repushed => "repushed",
             TagAction::Denied => "denied",
             TagAction::Deleted => "deleted",
+            TagAction::Equivalent => "equivalent",
         }
     }
 }
@@ -434,13 +437,15 @@ impl Metadata {
     ) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();
         for d in digests {
-            let found = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+            let found = on_read!(self, |p| {
+                sqlx::query_scalar::<_, i64>(
                 "SELECT CAST(1 AS BIGINT) FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
             )
             .bind(repository_id)
             .bind(d.as_str())
             .fetch_optional(p)
-            .await)?;
+            .await
+            })?;
             if found.is_none() {
                 missing.push(d.clone());
             }
@@ -456,13 +461,15 @@ impl Metadata {
     ) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();
         for d in digests {
-            let found = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+            let found = on_read!(self, |p| {
+                sqlx::query_scalar::<_, i64>(
                 "SELECT CAST(1 AS BIGINT) FROM manifests WHERE repository_id = $1 AND digest = $2"
             )
             .bind(repository_id)
             .bind(d.as_str())
             .fetch_optional(p)
-            .await)?;
+            .await
+            })?;
             if found.is_none() {
                 missing.push(d.clone());
             }
@@ -514,21 +521,20 @@ impl Metadata {
         let Some((id, repository_id, algorithm, hash_state, size)) = row else {
             return Ok(None);
         };
-        let parts =
-            on_read!(self, |p| {
-                sqlx::query_as::<_, (String, i64)>(
+        let parts = on_read!(self, |p| {
+            sqlx::query_as::<_, (String, i64)>(
             "SELECT object_key, size FROM upload_parts WHERE upload_id = $1 ORDER BY start_offset"
         )
         .bind(&id)
         .fetch_all(p)
         .await
-            })?
-            .into_iter()
-            .map(|(key, size)| StoredPart {
-                key,
-                size: size as u64,
-            })
-            .collect();
+        })?
+        .into_iter()
+        .map(|(key, size)| StoredPart {
+            key,
+            size: size as u64,
+        })
+        .collect();
         Ok(Some(Upload {
             id,
             repository_id,
@@ -704,7 +710,11 @@ impl Metadata {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if let Some(pin) = pin.filter(|p| p != digest) {
-                        denied.push(DeniedTag { tag: name.to_string(), held: pin, rule: t.rule.clone() });
+                        denied.push(DeniedTag {
+                            tag: name.to_string(),
+                            held: pin,
+                            rule: t.rule.clone(),
+                        });
                         continue;
                     }
                 }
@@ -732,7 +742,11 @@ impl Metadata {
                     if held == digest {
                         (TagAction::Repushed, None)
                     } else if t.immutable {
-                        denied.push(DeniedTag { tag: name.to_string(), held, rule: t.rule.clone() });
+                        denied.push(DeniedTag {
+                            tag: name.to_string(),
+                            held,
+                            rule: t.rule.clone(),
+                        });
                         continue;
                     } else {
                         sqlx::query(
@@ -779,20 +793,22 @@ impl Metadata {
                 Ok(PutOutcome::Stored(events))
             }
         })?;
-        if let PutOutcome::Denied(denied) = &outcome {
-            // Recorded after the rollback: a refused overwrite is history too.
-            for d in denied {
-                let e = TagEvent {
-                    tag: d.tag.clone(),
-                    action: TagAction::Denied,
-                    digest: digest.to_string(),
-                    previous_digest: Some(d.held.clone()),
-                    rule: d.rule.clone(),
-                };
-                on_write!(self, |p| insert_event(p, repository_id, &e, actor, now).await)?;
-            }
-        }
         Ok(outcome)
+    }
+
+    /// Appends events to tag history on their own (outside a push's transaction).
+    pub async fn record_tag_events(
+        &self,
+        repository_id: i64,
+        events: &[TagEvent],
+        actor: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        for e in events {
+            on_write!(self, |p| insert_event(p, repository_id, e, actor, now)
+                .await)?;
+        }
+        Ok(())
     }
 
     /// The manifest `tag` points at in `repo`.
@@ -845,7 +861,8 @@ impl Metadata {
             return Ok(DeleteOutcome::NotFound);
         };
         let now = now_ms();
-        let outcome = on_write!(self, |p| async {
+        let outcome = on_write!(self, |p| {
+            async {
             let mut tx = p.begin().await?;
             let tags = sqlx::query_scalar::<_, String>(
                 "SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2 ORDER BY name",
@@ -898,7 +915,8 @@ impl Metadata {
             tx.commit().await?;
             Ok(DeleteOutcome::Deleted)
         }
-        .await)?;
+        .await
+        })?;
         Ok(outcome)
     }
 
@@ -983,21 +1001,28 @@ impl Metadata {
         .await)?;
         Ok(Some(
             rows.into_iter()
-                .map(|(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
-                    id,
-                    action,
-                    digest,
-                    previous_digest,
-                    rule,
-                    actor,
-                    at_ms: at,
-                })
+                .map(
+                    |(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
+                        id,
+                        action,
+                        digest,
+                        previous_digest,
+                        rule,
+                        actor,
+                        at_ms: at,
+                    },
+                )
                 .collect(),
         ))
     }
 
     /// The digest `tag` pointed at at time `at_ms` (`None`: not bound then).
-    pub async fn tag_at(&self, repo: &RepoName, tag: &str, at_ms: i64) -> Result<Option<TagHistoryEntry>> {
+    pub async fn tag_at(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        at_ms: i64,
+    ) -> Result<Option<TagHistoryEntry>> {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
@@ -1014,9 +1039,8 @@ impl Metadata {
         .bind(at_ms)
         .fetch_optional(p)
         .await)?;
-        Ok(row
-            .filter(|r| r.1 != "deleted")
-            .map(|(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
+        Ok(row.filter(|r| r.1 != "deleted").map(
+            |(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
                 id,
                 action,
                 digest,
@@ -1024,7 +1048,8 @@ impl Metadata {
                 rule,
                 actor,
                 at_ms: at,
-            }))
+            },
+        ))
     }
 
     /// Tags of `repo` in lexical order after `last`, at most `n`; `None` if the
@@ -1038,9 +1063,8 @@ impl Metadata {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let rows =
-            on_read!(self, |p| {
-                sqlx::query_scalar::<_, String>(
+        let rows = on_read!(self, |p| {
+            sqlx::query_scalar::<_, String>(
             "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3"
         )
         .bind(id)
@@ -1048,7 +1072,7 @@ impl Metadata {
         .bind(i64::from(n) + 1)
         .fetch_all(p)
         .await
-            })?;
+        })?;
         Ok(Some(page(rows, n)))
     }
 

@@ -13,7 +13,12 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use std::collections::BTreeSet;
+
 use globset::{Glob, GlobBuilder, GlobMatcher};
+
+use crate::domain::manifest::ParsedManifest;
+use crate::domain::media;
 use serde::{Deserialize, Serialize};
 
 /// Whether a tag may be moved to another digest.
@@ -150,6 +155,29 @@ impl Decision {
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    /// Accept a re-built BuildKit index under an immutable tag when only its
+    /// attestation manifests differ (see [`equivalent_indexes`]).
+    pub index_equivalence: bool,
+}
+
+/// Whether `new` may stand for `held` under an immutable tag: both are indexes
+/// listing exactly the same platform manifests (digests), differing at most in
+/// their attestation manifests. BuildKit adds fresh provenance on every build, so
+/// a rebuild of identical images yields a new index digest; the images a client
+/// pulls through the tag are the same either way.
+pub fn equivalent_indexes(held: &ParsedManifest, new: &ParsedManifest) -> bool {
+    if !media::is_index(&held.media_type) || !media::is_index(&new.media_type) {
+        return false;
+    }
+    let platforms = |m: &ParsedManifest| -> BTreeSet<String> {
+        m.manifests
+            .iter()
+            .filter(|d| !d.attestation)
+            .map(|d| d.digest.to_string())
+            .collect()
+    };
+    let (a, b) = (platforms(held), platforms(new));
+    !a.is_empty() && a == b
 }
 
 /// Name of the built-in rule.
@@ -189,7 +217,9 @@ impl RuleSet {
                 return Err(invalid("name must not be empty"));
             }
             if spec.name == DEFAULT_RULE {
-                return Err(invalid("the name \"default\" is reserved for the built-in rule"));
+                return Err(invalid(
+                    "the name \"default\" is reserved for the built-in rule",
+                ));
             }
             if spec.repositories.is_empty() {
                 return Err(invalid("repositories must list at least one pattern"));
@@ -214,20 +244,29 @@ impl RuleSet {
                 })
             };
             rules.push(Rule {
-                repositories: spec.repositories.iter().map(compile).collect::<Result<_, _>>()?,
+                repositories: spec
+                    .repositories
+                    .iter()
+                    .map(compile)
+                    .collect::<Result<_, _>>()?,
                 tags: spec.tags.iter().map(compile).collect::<Result<_, _>>()?,
                 spec: spec.clone(),
                 index,
             });
         }
-        Ok(RuleSet { rules })
+        Ok(RuleSet {
+            rules,
+            index_equivalence: false,
+        })
     }
 
     /// Exactly one decision for any repository and tag, naming its rule.
     pub fn decide(&self, repo: &str, tag: &str) -> Decision {
         let mut best: Option<(&Rule, (Specificity, Specificity))> = None;
         for rule in &self.rules {
-            let Some(s) = rule.matches(repo, tag) else { continue };
+            let Some(s) = rule.matches(repo, tag) else {
+                continue;
+            };
             let better = match &best {
                 None => true,
                 Some((b, bs)) => match s.cmp(bs) {
@@ -284,6 +323,50 @@ mod tests {
         }
     }
 
+    fn index(children: &[(&str, bool)]) -> ParsedManifest {
+        let manifests: Vec<String> = children
+            .iter()
+            .map(|(c, att)| {
+                let ann = if *att {
+                    r#","annotations":{"vnd.docker.reference.type":"attestation-manifest"}"#
+                } else {
+                    ""
+                };
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1{ann}}}"#,
+                    c.repeat(64)
+                )
+            })
+            .collect();
+        let doc = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+            manifests.join(",")
+        );
+        crate::domain::manifest::parse(doc.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn indexes_differing_only_in_attestations_are_equivalent() {
+        let held = index(&[("a", false), ("b", false), ("c", true)]);
+        assert!(equivalent_indexes(
+            &held,
+            &index(&[("b", false), ("a", false), ("d", true)])
+        ));
+        assert!(equivalent_indexes(
+            &held,
+            &index(&[("a", false), ("b", false)])
+        ));
+        assert!(!equivalent_indexes(
+            &held,
+            &index(&[("a", false), ("e", false), ("c", true)])
+        ));
+        assert!(!equivalent_indexes(&held, &index(&[("a", false)])));
+        assert!(!equivalent_indexes(
+            &index(&[("c", true)]),
+            &index(&[("d", true)])
+        ));
+    }
+
     #[test]
     fn everything_is_immutable_by_default() {
         let rs = RuleSet::new(&[]).unwrap();
@@ -301,7 +384,10 @@ mod tests {
             Mutability::Mutable,
         )])
         .unwrap();
-        assert_eq!(rs.decide("team/app", "latest").mutability, Mutability::Mutable);
+        assert_eq!(
+            rs.decide("team/app", "latest").mutability,
+            Mutability::Mutable
+        );
         assert_eq!(rs.decide("team/app", "feature-dev").rule, "dev tags");
         assert!(rs.decide("team/app", "v1.4.2").is_immutable());
         // `*` does not cross `/`.
@@ -313,7 +399,12 @@ mod tests {
     fn the_most_specific_rule_wins() {
         let rs = RuleSet::new(&[
             rule("cache", &["cache/**"], &["*"], Mutability::Mutable),
-            rule("pinned", &["cache/base"], &["stable"], Mutability::Immutable),
+            rule(
+                "pinned",
+                &["cache/base"],
+                &["stable"],
+                Mutability::Immutable,
+            ),
         ])
         .unwrap();
         assert_eq!(rs.decide("cache/x/y", "anything").rule, "cache");
@@ -323,7 +414,8 @@ mod tests {
 
     #[test]
     fn a_catch_all_rule_replaces_the_default() {
-        let rs = RuleSet::new(&[rule("all mutable", &["**"], &["*"], Mutability::Mutable)]).unwrap();
+        let rs =
+            RuleSet::new(&[rule("all mutable", &["**"], &["*"], Mutability::Mutable)]).unwrap();
         assert_eq!(rs.decide("conformance/test", "x").rule, "all mutable");
     }
 
@@ -339,7 +431,8 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_their_name() {
-        let e = RuleSet::new(&[rule("broken", &["team/[a"], &["*"], Mutability::Mutable)]).unwrap_err();
+        let e =
+            RuleSet::new(&[rule("broken", &["team/[a"], &["*"], Mutability::Mutable)]).unwrap_err();
         assert!(e.to_string().contains("broken"), "{e}");
         assert!(e.to_string().contains("team/[a"), "{e}");
         assert!(RuleSet::new(&[rule("", &["a"], &["*"], Mutability::Mutable)]).is_err());
@@ -350,7 +443,10 @@ mod tests {
     fn arb_rule() -> impl Strategy<Value = RuleSpec> {
         (
             "[a-z]{1,6}",
-            proptest::collection::vec(prop_oneof!["\\*\\*", "[a-c]{1,2}/\\*", "[a-c]{1,2}", "[a-c]\\*"], 1..3),
+            proptest::collection::vec(
+                prop_oneof!["\\*\\*", "[a-c]{1,2}/\\*", "[a-c]{1,2}", "[a-c]\\*"],
+                1..3,
+            ),
             proptest::collection::vec(prop_oneof!["\\*", "v[0-9]", "[a-c]{1,3}", "\\*-dev"], 1..3),
             any::<bool>(),
         )
@@ -358,7 +454,11 @@ mod tests {
                 name: format!("r-{name}"),
                 repositories,
                 tags,
-                mutability: if m { Mutability::Mutable } else { Mutability::Immutable },
+                mutability: if m {
+                    Mutability::Mutable
+                } else {
+                    Mutability::Immutable
+                },
             })
     }
 

@@ -5,4 +5,4 @@
 
 pub mod immutability;
 
-pub use immutability::{Decision, Mutability, RuleSet, RuleSpec};
+pub use immutability::{equivalent_indexes, Decision, Mutability, RuleSet, RuleSpec};

@@ -88,7 +88,11 @@ impl From<storage::Error> for Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A message a person can act on: which tag, which rule, what it holds.
-fn denied_message(repo: &RepoName, attempted: Option<&Digest>, tags: &[metadata::DeniedTag]) -> String {
+fn denied_message(
+    repo: &RepoName,
+    attempted: Option<&Digest>,
+    tags: &[metadata::DeniedTag],
+) -> String {
     tags.iter()
         .map(|t| match attempted {
             Some(new) => format!(

@@ -10,10 +10,10 @@ use crate::domain::{
     manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName, Tag,
 };
 use crate::metadata::{
-    self, DeleteOutcome, ManifestRecord, Metadata, NewManifest, Page, PutOutcome, Referrer, TagBinding,
-    TagGuard, TagHistoryEntry,
+    self, DeleteOutcome, ManifestRecord, Metadata, NewManifest, Page, PutOutcome, Referrer,
+    TagAction, TagBinding, TagEvent, TagGuard, TagHistoryEntry,
 };
-use crate::policy::{Decision, RuleSet};
+use crate::policy::{self, Decision, RuleSet};
 use crate::storage::{BlobStore, ByteStream, StoredPart};
 
 /// Limits applied to pushes.
@@ -326,7 +326,7 @@ impl Registry {
         };
         if let Some(r) = range {
             if part.size != r.len() {
-                self.blobs.delete_parts(&[part.key.clone()]).await;
+                self.blobs.delete_parts(std::slice::from_ref(&part.key)).await;
                 return Err(Error::SizeInvalid(format!(
                     "Content-Range announced {} bytes but the body had {}",
                     r.len(),
@@ -379,7 +379,7 @@ impl Registry {
         let size: u64 = parts.iter().map(|p| p.size).sum();
         let discard_last = || async {
             if let Some(l) = &last {
-                self.blobs.delete_parts(&[l.key.clone()]).await;
+                self.blobs.delete_parts(std::slice::from_ref(&l.key)).await;
             }
         };
         if digest.algorithm() == alg {
@@ -496,6 +496,7 @@ impl Registry {
         }
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let size = bytes.len() as u64;
+        let parsed_children = parsed.clone();
         self.blobs.put_verified(&digest, bytes).await?;
         let record = NewManifest {
             digest: digest.clone(),
@@ -518,19 +519,109 @@ impl Registry {
                 }
             })
             .collect();
-        match self.meta.put_manifest(repo_id, &record, &bindings, actor).await? {
+        match self
+            .meta
+            .put_manifest(repo_id, &record, &bindings, actor)
+            .await?
+        {
             PutOutcome::Stored(events) => {
                 for e in events {
                     tracing::info!(tag = %e.tag, action = e.action.as_str(), digest = %e.digest, rule = %e.rule, "tag event");
                 }
                 Ok(PushedManifest { digest, subject })
             }
-            PutOutcome::Denied(tags) => Err(Error::Denied {
-                repository: repo.clone(),
-                attempted: Some(digest),
-                tags,
-            }),
+            PutOutcome::Denied(denied) => {
+                if self.rules.index_equivalence {
+                    if let Some(kept) = self
+                        .accept_equivalent_index(
+                            repo_id,
+                            &record,
+                            &parsed_children,
+                            &bindings,
+                            &denied,
+                            actor,
+                        )
+                        .await?
+                    {
+                        return Ok(PushedManifest {
+                            digest: kept,
+                            subject,
+                        });
+                    }
+                }
+                // A refused overwrite is history too (recorded after the rollback).
+                let events: Vec<TagEvent> = denied
+                    .iter()
+                    .map(|d| TagEvent {
+                        tag: d.tag.clone(),
+                        action: TagAction::Denied,
+                        digest: digest.to_string(),
+                        previous_digest: Some(d.held.clone()),
+                        rule: d.rule.clone(),
+                    })
+                    .collect();
+                self.meta.record_tag_events(repo_id, &events, actor).await?;
+                Err(Error::Denied {
+                    repository: repo.clone(),
+                    attempted: Some(digest),
+                    tags: denied,
+                })
+            }
         }
+    }
+
+    /// The BuildKit option: when every refused tag holds an index with the same
+    /// platform manifests as `new` (only attestations differ), store `new` as an
+    /// untagged manifest, bind the other tags, leave the refused ones on their
+    /// digest, and answer with that digest. `None` when the push stays refused.
+    async fn accept_equivalent_index(
+        &self,
+        repo_id: i64,
+        record: &NewManifest,
+        new: &manifest::ParsedManifest,
+        bindings: &[TagBinding],
+        denied: &[metadata::DeniedTag],
+        actor: &str,
+    ) -> Result<Option<Digest>> {
+        let mut held_digests = Vec::new();
+        for d in denied {
+            let held: Digest = d
+                .held
+                .parse()
+                .map_err(|_| metadata::Error::Corrupt(format!("tag {} digest", d.tag)))?;
+            let bytes = self.blobs.read(&held).await?;
+            let Ok(held_manifest) = manifest::parse(&bytes, None) else {
+                return Ok(None);
+            };
+            if !policy::equivalent_indexes(&held_manifest, new) {
+                return Ok(None);
+            }
+            held_digests.push(held);
+        }
+        let others: Vec<TagBinding> = bindings
+            .iter()
+            .filter(|b| !denied.iter().any(|d| d.tag == b.tag.as_str()))
+            .cloned()
+            .collect();
+        if let PutOutcome::Denied(_) = self
+            .meta
+            .put_manifest(repo_id, record, &others, actor)
+            .await?
+        {
+            return Ok(None);
+        }
+        let events: Vec<TagEvent> = denied
+            .iter()
+            .map(|d| TagEvent {
+                tag: d.tag.clone(),
+                action: TagAction::Equivalent,
+                digest: record.digest.to_string(),
+                previous_digest: Some(d.held.clone()),
+                rule: d.rule.clone(),
+            })
+            .collect();
+        self.meta.record_tag_events(repo_id, &events, actor).await?;
+        Ok(held_digests.into_iter().next())
     }
 
     /// Finds a manifest by tag or digest without reading its bytes (HEAD).
@@ -573,7 +664,12 @@ impl Registry {
     /// Deletes a manifest by digest (with its tags), or only a tag (end-9).
     /// Immutable tags, and manifests any immutable tag holds, cannot be deleted
     /// here; retention will be the one path that may remove them.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference, actor: &str) -> Result<()> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        actor: &str,
+    ) -> Result<()> {
         let guard = self.guard(repo);
         let outcome = match reference {
             Reference::Digest(d) => self.meta.delete_manifest(repo, d, &guard, actor).await?,

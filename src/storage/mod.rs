@@ -432,7 +432,7 @@ mod tests {
             .unwrap();
         let wrong = Digest::compute(Algorithm::Sha512, b"abd");
         let r = store
-            .commit_rehashed(&[p.clone()], Algorithm::Sha512.hasher(), &wrong)
+            .commit_rehashed(std::slice::from_ref(&p), Algorithm::Sha512.hasher(), &wrong)
             .await
             .unwrap();
         assert_eq!(r, Err(Digest::compute(Algorithm::Sha512, b"abc")));

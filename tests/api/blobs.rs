@@ -74,11 +74,7 @@ async fn unsatisfiable_ranges_are_416_with_the_size(app: TestApp) {
             .await
             .unwrap();
         assert_eq!(r.status(), 416, "{range}");
-        assert_eq!(
-            header(&r, "content-range"),
-            Some("bytes */100"),
-            "{range}"
-        );
+        assert_eq!(header(&r, "content-range"), Some("bytes */100"), "{range}");
     }
 }
 
@@ -104,7 +100,12 @@ async fn unknown_blobs_are_404_blob_unknown(app: TestApp) {
 
 async fn blobs_of_another_repository_are_not_visible(app: TestApp) {
     let d = app.push_blob("alice/private", b"alice's layer").await;
-    assert_eq!(app.get(&format!("/v2/alice/private/blobs/{d}")).await.status(), 200);
+    assert_eq!(
+        app.get(&format!("/v2/alice/private/blobs/{d}"))
+            .await
+            .status(),
+        200
+    );
     let r = app.get(&format!("/v2/bob/app/blobs/{d}")).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
@@ -166,8 +167,14 @@ async fn nested_repository_names_work(app: TestApp) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"nested");
     // Neither a prefix nor a suffix of the name is the same repository.
-    assert_eq!(app.get(&format!("/v2/team/app/blobs/{d}")).await.status(), 404);
-    assert_eq!(app.get(&format!("/v2/app/api/blobs/{d}")).await.status(), 404);
+    assert_eq!(
+        app.get(&format!("/v2/team/app/blobs/{d}")).await.status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v2/app/api/blobs/{d}")).await.status(),
+        404
+    );
     // A repository may be called "blobs".
     let d = app.push_blob("team/blobs", b"odd name").await;
     let r = app.get(&format!("/v2/team/blobs/blobs/{d}")).await;

@@ -63,8 +63,10 @@ impl TestApp {
     /// Starts a registry with a config adjusted by `tweak`.
     pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().expect("addr");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..Config::default()
+        };
         config.database.url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("cairn.db").display()),
             Db::Postgres => fresh_postgres_db().await,

@@ -51,7 +51,12 @@ async fn digest_of_tag(app: &TestApp, repo: &str, tag: &str) -> Option<String> {
         .send()
         .await
         .expect("head");
-    (r.status() == 200).then(|| r.headers()["docker-content-digest"].to_str().expect("digest").to_string())
+    (r.status() == 200).then(|| {
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .expect("digest")
+            .to_string()
+    })
 }
 
 async fn history(app: &TestApp, repo: &str, tag: &str) -> Vec<(String, String)> {
@@ -65,7 +70,12 @@ async fn history(app: &TestApp, repo: &str, tag: &str) -> Vec<(String, String)> 
         .as_array()
         .expect("events")
         .iter()
-        .map(|e| (e["action"].as_str().unwrap_or("").to_string(), e["digest"].as_str().unwrap_or("").to_string()))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["digest"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
@@ -96,8 +106,16 @@ async fn overwrite_is_refused_and_retry_succeeds(app: TestApp) {
     assert_eq!(e["detail"]["attempted_digest"], db.as_str());
     assert_eq!(e["detail"]["rule"], "default");
     // Nothing changed: the tag holds A and the refused manifest was not stored.
-    assert_eq!(digest_of_tag(&app, repo, "v1.4.2").await.as_deref(), Some(da.as_str()));
-    assert_eq!(app.head(&format!("/v2/{repo}/manifests/{db}")).await.status(), 404);
+    assert_eq!(
+        digest_of_tag(&app, repo, "v1.4.2").await.as_deref(),
+        Some(da.as_str())
+    );
+    assert_eq!(
+        app.head(&format!("/v2/{repo}/manifests/{db}"))
+            .await
+            .status(),
+        404
+    );
     assert_eq!(
         history(&app, repo, "v1.4.2").await,
         vec![
@@ -112,10 +130,17 @@ async fn multi_tag_pushes_are_atomic(app: TestApp) {
     let repo = "multi";
     let (a, da) = manifest_for(&app, repo, "a").await;
     let (b, db) = manifest_for(&app, repo, "b").await;
-    let r = app.put_manifest(repo, &format!("{da}?tag=one&tag=two"), OCI_MANIFEST, &a).await;
+    let r = app
+        .put_manifest(repo, &format!("{da}?tag=one&tag=two"), OCI_MANIFEST, &a)
+        .await;
     assert_eq!(r.status(), 201);
     let r = app
-        .put_manifest(repo, &format!("{db}?tag=three&tag=one&tag=two"), OCI_MANIFEST, &b)
+        .put_manifest(
+            repo,
+            &format!("{db}?tag=three&tag=one&tag=two"),
+            OCI_MANIFEST,
+            &b,
+        )
         .await;
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.expect("json");
@@ -130,44 +155,92 @@ async fn multi_tag_pushes_are_atomic(app: TestApp) {
     assert!(msg.contains("\"one\"") && msg.contains("\"two\""), "{msg}");
     // None bound: "three" does not exist.
     assert_eq!(digest_of_tag(&app, repo, "three").await, None);
-    assert_eq!(digest_of_tag(&app, repo, "one").await.as_deref(), Some(da.as_str()));
-    let list: Value = app.get(&format!("/v2/{repo}/tags/list")).await.json().await.expect("json");
+    assert_eq!(
+        digest_of_tag(&app, repo, "one").await.as_deref(),
+        Some(da.as_str())
+    );
+    let list: Value = app
+        .get(&format!("/v2/{repo}/tags/list"))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(list["tags"], serde_json::json!(["one", "two"]));
 }
 
 async fn immutable_tags_and_their_manifests_cannot_be_deleted(app: TestApp) {
     let repo = "del";
     let (a, da) = manifest_for(&app, repo, "a").await;
-    assert_eq!(app.put_manifest(repo, "v1", OCI_MANIFEST, &a).await.status(), 201);
+    assert_eq!(
+        app.put_manifest(repo, "v1", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
     let r = app.delete(&format!("/v2/{repo}/manifests/v1")).await;
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["errors"][0]["code"], "DENIED");
-    assert!(body["errors"][0]["message"].as_str().unwrap_or("").contains("rule \"default\""));
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("rule \"default\""));
     let r = app.delete(&format!("/v2/{repo}/manifests/{da}")).await;
     assert_eq!(r.status(), 409);
     assert_eq!(error_code(r).await, "DENIED");
-    assert_eq!(digest_of_tag(&app, repo, "v1").await.as_deref(), Some(da.as_str()));
+    assert_eq!(
+        digest_of_tag(&app, repo, "v1").await.as_deref(),
+        Some(da.as_str())
+    );
     // An untagged manifest deletes as the spec says.
     let (b, db) = manifest_for(&app, repo, "b").await;
-    assert_eq!(app.put_manifest(repo, &db, OCI_MANIFEST, &b).await.status(), 201);
-    assert_eq!(app.delete(&format!("/v2/{repo}/manifests/{db}")).await.status(), 202);
-    assert_eq!(app.head(&format!("/v2/{repo}/manifests/{db}")).await.status(), 404);
+    assert_eq!(
+        app.put_manifest(repo, &db, OCI_MANIFEST, &b).await.status(),
+        201
+    );
+    assert_eq!(
+        app.delete(&format!("/v2/{repo}/manifests/{db}"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.head(&format!("/v2/{repo}/manifests/{db}"))
+            .await
+            .status(),
+        404
+    );
 }
 
 async fn mutable_tags_move_and_history_answers_at(app: TestApp) {
-    let app = sibling(&app, |c| c.immutability.rules = vec![mutable("dev tags", &["team/*"], &["latest", "*-dev"])]).await;
+    let app = sibling(&app, |c| {
+        c.immutability.rules = vec![mutable("dev tags", &["team/*"], &["latest", "*-dev"])]
+    })
+    .await;
     let repo = "team/web";
     let (a, da) = manifest_for(&app, repo, "a").await;
     let (b, db) = manifest_for(&app, repo, "b").await;
     let before = time_now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    assert_eq!(app.put_manifest(repo, "latest", OCI_MANIFEST, &a).await.status(), 201);
+    assert_eq!(
+        app.put_manifest(repo, "latest", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let between = time_now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    assert_eq!(app.put_manifest(repo, "latest", OCI_MANIFEST, &b).await.status(), 201);
-    assert_eq!(digest_of_tag(&app, repo, "latest").await.as_deref(), Some(db.as_str()));
+    assert_eq!(
+        app.put_manifest(repo, "latest", OCI_MANIFEST, &b)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        digest_of_tag(&app, repo, "latest").await.as_deref(),
+        Some(db.as_str())
+    );
     let h: Value = app
         .get(&format!("/api/v1/repositories/{repo}/tags/latest/history"))
         .await
@@ -184,16 +257,34 @@ async fn mutable_tags_move_and_history_answers_at(app: TestApp) {
     let v: Value = app.get(&at(time_now())).await.json().await.expect("json");
     assert_eq!(v["digest"], db.as_str());
     assert_eq!(app.get(&at(before)).await.status(), 404);
-    let r = app.get(&format!("/api/v1/repositories/{repo}/tags/latest?at=yesterday")).await;
+    let r = app
+        .get(&format!(
+            "/api/v1/repositories/{repo}/tags/latest?at=yesterday"
+        ))
+        .await;
     assert_eq!(r.status(), 400);
     // Paginated history: one event per page, following Link.
-    let r = app.get(&format!("/api/v1/repositories/{repo}/tags/latest/history?n=1")).await;
+    let r = app
+        .get(&format!(
+            "/api/v1/repositories/{repo}/tags/latest/history?n=1"
+        ))
+        .await;
     let link = r.headers()["link"].to_str().expect("link").to_string();
-    let next = link.trim_start_matches('<').split('>').next().expect("url").to_string();
+    let next = link
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("url")
+        .to_string();
     let v: Value = app.get(&next).await.json().await.expect("json");
     assert_eq!(v["events"][0]["action"], "created");
     // A mutable-only tagged manifest can be deleted; its tag goes with it.
-    assert_eq!(app.delete(&format!("/v2/{repo}/manifests/{db}")).await.status(), 202);
+    assert_eq!(
+        app.delete(&format!("/v2/{repo}/manifests/{db}"))
+            .await
+            .status(),
+        202
+    );
     assert_eq!(digest_of_tag(&app, repo, "latest").await, None);
     // The explain API names the rule.
     let v: Value = app
@@ -204,31 +295,60 @@ async fn mutable_tags_move_and_history_answers_at(app: TestApp) {
         .expect("json");
     assert_eq!(v["mutability"], "mutable");
     assert_eq!(v["rule"], "dev tags");
-    let v: Value = app.get("/api/v1/repositories/team/web/policy").await.json().await.expect("json");
+    let v: Value = app
+        .get("/api/v1/repositories/team/web/policy")
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["rules"][1]["name"], "dev tags");
 }
 
 fn time_now() -> String {
     use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::now_utc().format(&Rfc3339).expect("format")
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("format")
 }
 
 async fn a_pinned_name_never_means_another_digest(app: TestApp) {
     let repo = "pins";
     let (a, da) = manifest_for(&app, repo, "a").await;
     let (b, _) = manifest_for(&app, repo, "b").await;
-    assert_eq!(app.put_manifest(repo, "v1", OCI_MANIFEST, &a).await.status(), 201);
+    assert_eq!(
+        app.put_manifest(repo, "v1", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
     // An operator makes the tag mutable and removes it...
-    let lax = sibling(&app, |c| c.immutability.rules = vec![mutable("all", &["**"], &["*"])]).await;
-    assert_eq!(lax.delete(&format!("/v2/{repo}/manifests/v1")).await.status(), 202);
+    let lax = sibling(&app, |c| {
+        c.immutability.rules = vec![mutable("all", &["**"], &["*"])]
+    })
+    .await;
+    assert_eq!(
+        lax.delete(&format!("/v2/{repo}/manifests/v1"))
+            .await
+            .status(),
+        202
+    );
     // ...then the default returns: the name stays pinned to its first digest.
     let strict = sibling(&app, |_| {}).await;
     let r = strict.put_manifest(repo, "v1", OCI_MANIFEST, &b).await;
     assert_eq!(r.status(), 409);
     assert_eq!(digest_of_tag(&strict, repo, "v1").await, None);
     // Re-pushing the original digest restores it.
-    assert_eq!(strict.put_manifest(repo, "v1", OCI_MANIFEST, &a).await.status(), 201);
-    assert_eq!(digest_of_tag(&strict, repo, "v1").await.as_deref(), Some(da.as_str()));
+    assert_eq!(
+        strict
+            .put_manifest(repo, "v1", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        digest_of_tag(&strict, repo, "v1").await.as_deref(),
+        Some(da.as_str())
+    );
 }
 
 /// 32 clients push 32 different manifests under one new immutable tag at once.
@@ -268,7 +388,10 @@ async fn race(apps: &[&TestApp], repo: &str) {
     assert_eq!(winners.len(), 1, "exactly one push wins");
     assert_eq!(denied, 31);
     for app in apps {
-        assert_eq!(digest_of_tag(app, repo, "release").await.as_deref(), Some(winners[0].as_str()));
+        assert_eq!(
+            digest_of_tag(app, repo, "release").await.as_deref(),
+            Some(winners[0].as_str())
+        );
     }
 }
 
@@ -276,7 +399,100 @@ async fn thirty_two_way_race_has_one_winner(app: TestApp) {
     race(&[&app], "race/one").await;
 }
 
+fn index_of(children: &[(&str, bool)]) -> Vec<u8> {
+    let manifests: Vec<Value> = children
+        .iter()
+        .map(|(d, attestation)| {
+            let mut m = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d, "size": 10});
+            if *attestation {
+                m["annotations"] = serde_json::json!({
+                    "vnd.docker.reference.type": "attestation-manifest",
+                    "vnd.docker.reference.digest": children[0].0,
+                });
+            } else {
+                m["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+            }
+            m
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::helpers::OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .expect("json")
+}
+
+async fn rebuilt_buildkit_index_is_equivalent_when_enabled(app: TestApp) {
+    let repo = "bk";
+    let mut digests = Vec::new();
+    for seed in ["image", "att1", "att2", "other-image"] {
+        let (m, d) = manifest_for(&app, repo, seed).await;
+        assert_eq!(
+            app.put_manifest(repo, &d, OCI_MANIFEST, &m).await.status(),
+            201
+        );
+        digests.push(d);
+    }
+    let (img, att1, att2, other) = (&digests[0], &digests[1], &digests[2], &digests[3]);
+    let first = index_of(&[(img, false), (att1, true)]);
+    let rebuilt = index_of(&[(img, false), (att2, true)]);
+    let different = index_of(&[(other, false), (att2, true)]);
+    let index = crate::helpers::OCI_INDEX;
+    assert_eq!(
+        app.put_manifest(repo, "v1", index, &first).await.status(),
+        201
+    );
+    // Off by default: the rebuilt index is refused like any other digest.
+    assert_eq!(
+        app.put_manifest(repo, "v1", index, &rebuilt).await.status(),
+        409
+    );
+
+    let on = sibling(&app, |c| c.immutability.buildkit_index_equivalence = true).await;
+    let r = on.put_manifest(repo, "v1", index, &rebuilt).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        sha256(&first).as_str()
+    );
+    assert_eq!(
+        digest_of_tag(&on, repo, "v1").await,
+        None,
+        "HEAD with an OCI-manifest-only Accept"
+    );
+    let r = on
+        .req(Method::HEAD, &format!("/v2/{repo}/manifests/v1"))
+        .header("Accept", index)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        sha256(&first).as_str()
+    );
+    // The rebuilt index (with its new attestation) is kept and recorded.
+    assert_eq!(
+        on.head(&format!("/v2/{repo}/manifests/{}", sha256(&rebuilt)))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        history(&on, repo, "v1").await[0],
+        ("equivalent".to_string(), sha256(&rebuilt))
+    );
+    // Other platform images are still refused.
+    assert_eq!(
+        on.put_manifest(repo, "v1", index, &different)
+            .await
+            .status(),
+        409
+    );
+}
+
 both!(
+    rebuilt_buildkit_index_is_equivalent_when_enabled,
     overwrite_is_refused_and_retry_succeeds,
     multi_tag_pushes_are_atomic,
     immutable_tags_and_their_manifests_cannot_be_deleted,

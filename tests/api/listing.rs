@@ -53,7 +53,9 @@ async fn tag_all(app: &TestApp, repo: &str, tags: &[&str]) -> String {
 
 async fn tags_are_listed_in_lexical_order(app: TestApp) {
     // Pushed out of order, mixing case, digits and punctuation.
-    let tags = ["v1.10", "v1.9", "latest", "V2", "_x", "a-b", "a.b", "a_b", "1.0", "ab"];
+    let tags = [
+        "v1.10", "v1.9", "latest", "V2", "_x", "a-b", "a.b", "a_b", "1.0", "ab",
+    ];
     tag_all(&app, "team/app", &tags).await;
     let r = app.get("/v2/team/app/tags/list").await;
     assert_eq!(r.status(), 200);
@@ -72,19 +74,24 @@ async fn tags_paginate_with_link_headers(app: TestApp) {
     let (pages, urls) = follow(&app, "/v2/demo/tags/list?n=3", "tags").await;
     assert_eq!(
         pages,
-        vec![
-            vec!["t1", "t2", "t3"],
-            vec!["t4", "t5", "t6"],
-            vec!["t7"],
-        ]
+        vec![vec!["t1", "t2", "t3"], vec!["t4", "t5", "t6"], vec!["t7"],]
     );
-    assert!(urls[1].contains("n=3") && urls[1].contains("last=t3"), "{}", urls[1]);
+    assert!(
+        urls[1].contains("n=3") && urls[1].contains("last=t3"),
+        "{}",
+        urls[1]
+    );
 
     // Exactly n left: the last full page has no Link.
     let (pages, _) = follow(&app, "/v2/demo/tags/list?n=7", "tags").await;
     assert_eq!(pages, vec![tags.to_vec()]);
     // `last` alone starts after it.
-    let v: Value = app.get("/v2/demo/tags/list?last=t5").await.json().await.unwrap();
+    let v: Value = app
+        .get("/v2/demo/tags/list?last=t5")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["tags"], json!(["t6", "t7"]));
     // `last` beyond the end: an empty list.
     let r = app.get("/v2/demo/tags/list?n=2&last=zzz").await;
@@ -204,7 +211,15 @@ async fn referrers_list_artifact_types_and_annotations(app: TestApp) {
     // No artifactType: the config's media type stands in for it.
     let (sbom, bomd) = push_referrer(&app, "demo", (&bd, base.len()), None, None, b"sbom").await;
     // A referrer of another manifest is not listed.
-    push_referrer(&app, "demo", (&sd, sig.len()), Some("application/x-other"), None, b"o").await;
+    push_referrer(
+        &app,
+        "demo",
+        (&sd, sig.len()),
+        Some("application/x-other"),
+        None,
+        b"o",
+    )
+    .await;
 
     let r = app.get(&format!("/v2/demo/referrers/{bd}")).await;
     assert_eq!(r.status(), 200);
@@ -239,11 +254,30 @@ async fn referrers_list_artifact_types_and_annotations(app: TestApp) {
 
 async fn referrers_filtered_by_artifact_type(app: TestApp) {
     let (base, bd) = app.push_image("demo", "v1", b"layer").await;
-    let (_, sig) = push_referrer(&app, "demo", (&bd, base.len()), Some("application/x-sig"), None, b"s").await;
-    push_referrer(&app, "demo", (&bd, base.len()), Some("application/x-sbom"), None, b"b").await;
+    let (_, sig) = push_referrer(
+        &app,
+        "demo",
+        (&bd, base.len()),
+        Some("application/x-sig"),
+        None,
+        b"s",
+    )
+    .await;
+    push_referrer(
+        &app,
+        "demo",
+        (&bd, base.len()),
+        Some("application/x-sbom"),
+        None,
+        b"b",
+    )
+    .await;
 
     let r = app
-        .req(Method::GET, &format!("/v2/demo/referrers/{bd}?artifactType=application/x-sig"))
+        .req(
+            Method::GET,
+            &format!("/v2/demo/referrers/{bd}?artifactType=application/x-sig"),
+        )
         .send()
         .await
         .unwrap();
@@ -261,7 +295,9 @@ async fn referrers_filtered_by_artifact_type(app: TestApp) {
 
     // A filter nothing matches: an empty index, still marked as filtered.
     let r = app
-        .get(&format!("/v2/demo/referrers/{bd}?artifactType=application%2Fx-none"))
+        .get(&format!(
+            "/v2/demo/referrers/{bd}?artifactType=application%2Fx-none"
+        ))
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "oci-filters-applied"), Some("artifactType"));

@@ -43,7 +43,13 @@ async fn get_with_accept(app: &TestApp, m: Method, path: &str, accept: &[&str]) 
 }
 
 /// Asserts that `reference` serves exactly `bytes` as `media_type`.
-async fn assert_manifest(app: &TestApp, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+async fn assert_manifest(
+    app: &TestApp,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+) {
     let path = format!("/v2/{repo}/manifests/{reference}");
     let digest = sha256(bytes);
     let r = get_with_accept(app, Method::GET, &path, &[media_type]).await;
@@ -124,6 +130,28 @@ async fn put_by_tag_and_by_digest(app: TestApp) {
     assert_eq!(v["tags"], json!(["v1"]));
 }
 
+async fn sha512_manifest_digests(app: TestApp) {
+    use sha2::{Digest as _, Sha512};
+    let m = image(&app, "demo", b"layer").await;
+    let d = format!("sha512:{}", hex::encode(Sha512::digest(&m)));
+    let r = app
+        .req(Method::PUT, &format!("/v2/demo/manifests/{d}?tag=s512"))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    let r = app.get(&format!("/v2/demo/manifests/{d}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice());
+    let r = app.get("/v2/demo/manifests/s512").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice());
+}
+
 async fn exact_bytes_are_served(app: TestApp) {
     // Whitespace, key order and an unknown field: a registry that re-serialised
     // would change the digest.
@@ -146,9 +174,7 @@ async fn oci_index_and_docker_types(app: TestApp) {
     let a = image(&app, "multi", b"amd64 layer").await;
     let b = image(&app, "multi", b"arm64 layer").await;
     for m in [&a, &b] {
-        let r = app
-            .put_manifest("multi", &sha256(m), OCI_MANIFEST, m)
-            .await;
+        let r = app.put_manifest("multi", &sha256(m), OCI_MANIFEST, m).await;
         assert_eq!(r.status(), 201);
     }
     let idx = index(
@@ -177,7 +203,10 @@ async fn oci_index_and_docker_types(app: TestApp) {
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     assert_manifest(&app, "docker", "v2", DOCKER_MANIFEST, &dm).await;
 
-    let list = index(DOCKER_MANIFEST_LIST, &[(DOCKER_MANIFEST, &sha256(&dm), dm.len())]);
+    let list = index(
+        DOCKER_MANIFEST_LIST,
+        &[(DOCKER_MANIFEST, &sha256(&dm), dm.len())],
+    );
     let r = app
         .put_manifest("docker", "list", DOCKER_MANIFEST_LIST, &list)
         .await;
@@ -189,7 +218,10 @@ async fn put_by_digest_with_several_tags(app: TestApp) {
     let m = image(&app, "demo", b"tagged twice").await;
     let d = sha256(&m);
     let r = app
-        .req(Method::PUT, &format!("/v2/demo/manifests/{d}?tag=a&tag=b&tag=c.1"))
+        .req(
+            Method::PUT,
+            &format!("/v2/demo/manifests/{d}?tag=a&tag=b&tag=c.1"),
+        )
         .header("Content-Type", OCI_MANIFEST)
         .body(m.clone())
         .send()
@@ -239,7 +271,13 @@ async fn oci_subject_header_on_put(app: TestApp) {
 
     // The subject need not exist in the registry.
     let absent = sha256(b"a manifest pushed later");
-    let sig2 = image_manifest(&empty, 2, &[(empty.clone(), 2)], Some("application/x-sig"), Some((&absent, 99)));
+    let sig2 = image_manifest(
+        &empty,
+        2,
+        &[(empty.clone(), 2)],
+        Some("application/x-sig"),
+        Some((&absent, 99)),
+    );
     let r = app
         .put_manifest("demo", &sha256(&sig2), OCI_MANIFEST, &sig2)
         .await;
@@ -250,7 +288,13 @@ async fn oci_subject_header_on_put(app: TestApp) {
 async fn missing_blob_is_manifest_blob_unknown_and_nothing_is_stored(app: TestApp) {
     let config = br#"{"os":"linux"}"#;
     let missing = sha256(b"layer never pushed");
-    let m = image_manifest(&sha256(config), config.len(), &[(missing.clone(), 18)], None, None);
+    let m = image_manifest(
+        &sha256(config),
+        config.len(),
+        &[(missing.clone(), 18)],
+        None,
+        None,
+    );
     let d = sha256(&m);
 
     // A repository that does not exist yet: the push must not create it.
@@ -263,7 +307,11 @@ async fn missing_blob_is_manifest_blob_unknown_and_nothing_is_stored(app: TestAp
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
     let v: serde_json::Value = app.get("/v2/_catalog").await.json().await.unwrap();
-    assert_eq!(v["repositories"], json!([]), "a refused push created a repository");
+    assert_eq!(
+        v["repositories"],
+        json!([]),
+        "a refused push created a repository"
+    );
 
     // The config is there, one layer is not.
     app.push_blob("demo", config).await;
@@ -287,12 +335,17 @@ async fn missing_blob_is_manifest_blob_unknown_and_nothing_is_stored(app: TestAp
 
 async fn index_with_a_missing_child_is_refused(app: TestApp) {
     let a = image(&app, "multi", b"present").await;
-    let r = app.put_manifest("multi", &sha256(&a), OCI_MANIFEST, &a).await;
+    let r = app
+        .put_manifest("multi", &sha256(&a), OCI_MANIFEST, &a)
+        .await;
     assert_eq!(r.status(), 201);
     let absent = sha256(b"child never pushed");
     let idx = index(
         OCI_INDEX,
-        &[(OCI_MANIFEST, &sha256(&a), a.len()), (OCI_MANIFEST, &absent, 10)],
+        &[
+            (OCI_MANIFEST, &sha256(&a), a.len()),
+            (OCI_MANIFEST, &absent, 10),
+        ],
     );
     let r = app.put_manifest("multi", "latest", OCI_INDEX, &idx).await;
     assert_eq!(r.status(), 400);
@@ -312,12 +365,16 @@ async fn sparse_manifests_when_configured(db: Db) {
     let app = TestApp::spawn_with(db, |c| c.limits.allow_sparse_manifests = true).await;
     let absent = sha256(b"child kept elsewhere");
     let idx = index(OCI_INDEX, &[(OCI_MANIFEST, &absent, 10)]);
-    let r = app.put_manifest("mirror/app", "latest", OCI_INDEX, &idx).await;
+    let r = app
+        .put_manifest("mirror/app", "latest", OCI_INDEX, &idx)
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     assert_manifest(&app, "mirror/app", "latest", OCI_INDEX, &idx).await;
 
     let m = image_manifest(&sha256(b"c"), 1, &[(sha256(b"l"), 1)], None, None);
-    let r = app.put_manifest("mirror/app", "img", OCI_MANIFEST, &m).await;
+    let r = app
+        .put_manifest("mirror/app", "img", OCI_MANIFEST, &m)
+        .await;
     assert_eq!(r.status(), 201);
     assert_manifest(&app, "mirror/app", "img", OCI_MANIFEST, &m).await;
 }
@@ -346,7 +403,9 @@ async fn non_distributable_layers_need_not_be_pushed(app: TestApp) {
         .unwrap()
         .replace(r#","urls":["https://example.com/layer.tar.gz"]"#, "");
     assert!(!m.contains("urls"));
-    let r = app.put_manifest("win", "ltsc2", OCI_MANIFEST, m.as_bytes()).await;
+    let r = app
+        .put_manifest("win", "ltsc2", OCI_MANIFEST, m.as_bytes())
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
 }
@@ -374,11 +433,20 @@ async fn invalid_manifests_are_manifest_invalid(app: TestApp) {
             }),
             OCI_MANIFEST,
         ),
-        ("mediaType differs from Content-Type", good.clone(), OCI_INDEX),
-        ("mediaType differs from Content-Type", good.clone(), DOCKER_MANIFEST),
+        (
+            "mediaType differs from Content-Type",
+            good.clone(),
+            OCI_INDEX,
+        ),
+        (
+            "mediaType differs from Content-Type",
+            good.clone(),
+            DOCKER_MANIFEST,
+        ),
         (
             "unsupported media type",
-            text.replace(OCI_MANIFEST, "application/x-not-a-manifest").into_bytes(),
+            text.replace(OCI_MANIFEST, "application/x-not-a-manifest")
+                .into_bytes(),
             "application/x-not-a-manifest",
         ),
         (
@@ -437,7 +505,11 @@ async fn accept_negotiation(app: TestApp) {
         &app,
         Method::GET,
         path,
-        &[DOCKER_MANIFEST, "application/vnd.oci.image.index.v1+json", OCI_MANIFEST],
+        &[
+            DOCKER_MANIFEST,
+            "application/vnd.oci.image.index.v1+json",
+            OCI_MANIFEST,
+        ],
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -483,7 +555,13 @@ async fn delete_by_digest_removes_its_tags(db: Db) {
     let r = app
         .req(Method::PUT, &format!("/v2/demo/manifests/{d}?tag=stable"))
         .header("Content-Type", OCI_MANIFEST)
-        .body(app.get(&format!("/v2/demo/manifests/{d}")).await.bytes().await.unwrap())
+        .body(
+            app.get(&format!("/v2/demo/manifests/{d}"))
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -497,7 +575,12 @@ async fn delete_by_digest_removes_its_tags(db: Db) {
     assert_manifest_unknown(&app, "demo", "stable").await;
     let v: serde_json::Value = app.get("/v2/demo/tags/list").await.json().await.unwrap();
     assert_eq!(v["tags"], json!(["v2"]));
-    assert_eq!(app.get(&format!("/v2/demo/manifests/{other}")).await.status(), 200);
+    assert_eq!(
+        app.get(&format!("/v2/demo/manifests/{other}"))
+            .await
+            .status(),
+        200
+    );
 
     let r = app.delete(&format!("/v2/demo/manifests/{d}")).await;
     assert_eq!(r.status(), 404);
@@ -547,6 +630,7 @@ async fn a_tag_moves_to_a_new_digest(db: Db) {
 }
 
 both!(
+    sha512_manifest_digests,
     put_by_tag_and_by_digest,
     exact_bytes_are_served,
     oci_index_and_docker_types,

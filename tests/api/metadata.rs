@@ -118,7 +118,10 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
         .put_manifest(id, &m1, &[binding("a", false), binding("b", false)], "test")
         .await
         .unwrap();
-    assert!(matches!(out, PutOutcome::Stored(ref e) if e.len() == 2), "{out:?}");
+    assert!(
+        matches!(out, PutOutcome::Stored(ref e) if e.len() == 2),
+        "{out:?}"
+    );
     for t in ["a", "b"] {
         let rec = meta.resolve_tag(&r, &tag(t)).await.unwrap().expect(t);
         assert_eq!(rec.digest, m1.digest.as_str());
@@ -137,15 +140,26 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
         .put_manifest(
             id,
             &m2,
-            &[binding("c", false), binding("a", false), binding("pinned", true)],
+            &[
+                binding("c", false),
+                binding("a", false),
+                binding("pinned", true),
+            ],
             "test",
         )
         .await
         .unwrap();
-    assert!(matches!(out, PutOutcome::Denied(ref d) if d.len() == 1 && d[0].tag == "pinned"), "{out:?}");
+    assert!(
+        matches!(out, PutOutcome::Denied(ref d) if d.len() == 1 && d[0].tag == "pinned"),
+        "{out:?}"
+    );
     assert!(meta.resolve_tag(&r, &tag("c")).await.unwrap().is_none());
     assert_eq!(
-        meta.resolve_tag(&r, &tag("a")).await.unwrap().unwrap().digest,
+        meta.resolve_tag(&r, &tag("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
         m1.digest.as_str()
     );
     assert!(meta.manifest(&r, &m2.digest).await.unwrap().is_none());
@@ -265,7 +279,11 @@ async fn listings_paginate(meta: &Metadata) {
     assert_page(&p, &["V2", "v1", "v10"], true);
     let p = meta.list_tags(&r, Some("v10"), 3).await.unwrap().unwrap();
     assert_page(&p, &["v3"], false);
-    assert!(meta.list_tags(&repo("zzz"), None, 3).await.unwrap().is_none());
+    assert!(meta
+        .list_tags(&repo("zzz"), None, 3)
+        .await
+        .unwrap()
+        .is_none());
     let p = meta.list_tags(&repo("b"), None, 3).await.unwrap().unwrap();
     assert!(p.items.is_empty() && !p.more);
 }
@@ -296,7 +314,11 @@ async fn referrers_are_found_by_subject(meta: &Metadata) {
     let mut got = meta.referrers(&r, &base.digest).await.unwrap();
     got.sort_by(|a, b| a.digest.cmp(&b.digest));
     let mut want = [
-        (sig.digest.to_string(), Some("application/x-sig".to_string()), Some(BTreeMap::from([("k".to_string(), "v".to_string())]))),
+        (
+            sig.digest.to_string(),
+            Some("application/x-sig".to_string()),
+            Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+        ),
         (sbom.digest.to_string(), None, None),
     ];
     want.sort();
@@ -331,5 +353,8 @@ fn migration_directories_are_in_step() {
     };
     let (sqlite, postgres) = (names("sqlite"), names("postgres"));
     assert!(!sqlite.is_empty());
-    assert_eq!(sqlite, postgres, "migrations/sqlite and migrations/postgres differ");
+    assert_eq!(
+        sqlite, postgres,
+        "migrations/sqlite and migrations/postgres differ"
+    );
 }

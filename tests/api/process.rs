@@ -52,7 +52,8 @@ impl Server {
 
     /// Peak resident memory of the server so far, in KiB.
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -95,7 +96,11 @@ async fn a_large_upload_streams_with_bounded_memory() {
     let client = reqwest::Client::new();
     // Warm up: one small push so pools and buffers exist before measuring.
     let r = client
-        .post(format!("{}/v2/warm/blobs/uploads/?digest={}", server.base, generated_digest(1)))
+        .post(format!(
+            "{}/v2/warm/blobs/uploads/?digest={}",
+            server.base,
+            generated_digest(1)
+        ))
         .body(reqwest::Body::wrap_stream(generated(1)))
         .send()
         .await
@@ -111,7 +116,10 @@ async fn a_large_upload_streams_with_bounded_memory() {
         .await
         .expect("start upload");
     assert_eq!(start.status(), 202);
-    let location = start.headers()["location"].to_str().expect("location").to_string();
+    let location = start.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
     // Streamed PATCH without Content-Range (chunked transfer encoding), then PUT.
     let r = client
         .patch(format!("{}{}", server.base, location))
@@ -120,7 +128,10 @@ async fn a_large_upload_streams_with_bounded_memory() {
         .await
         .expect("patch");
     assert_eq!(r.status(), 202);
-    assert_eq!(r.headers()["range"], format!("0-{}", mib * MIB - 1).as_str());
+    assert_eq!(
+        r.headers()["range"],
+        format!("0-{}", mib * MIB - 1).as_str()
+    );
     let r = client
         .put(format!("{}{}?digest={}", server.base, location, digest))
         .send()
@@ -139,7 +150,7 @@ async fn a_large_upload_streams_with_bounded_memory() {
     let mut h = Sha256::new();
     let mut body = r.bytes_stream();
     while let Some(chunk) = body.next().await {
-        h.update(&chunk.expect("chunk"));
+        h.update(chunk.expect("chunk"));
     }
     assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), digest);
 
@@ -186,5 +197,9 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     .await
     .expect("join");
     assert!(exit.0.success(), "cairn exited with {:?}", exit.0);
-    assert!(client.get(format!("{}/v2/", exit.1.base)).send().await.is_err());
+    assert!(client
+        .get(format!("{}/v2/", exit.1.base))
+        .send()
+        .await
+        .is_err());
 }

@@ -75,10 +75,7 @@ async fn api_version_header_on_every_response(app: TestApp) {
         );
     }
     let r = app.get("/v2/").await;
-    assert_eq!(
-        r.headers().get("content-type").unwrap(),
-        "application/json"
-    );
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
     assert_eq!(r.text().await.unwrap(), "{}");
 }
 
@@ -102,8 +99,16 @@ async fn request_ids_are_honoured_and_returned(app: TestApp) {
     // Without one, the registry makes one up, different each time.
     let a = app.get("/v2/").await;
     let b = app.get("/v2/").await;
-    let a = a.headers().get("x-request-id").expect("generated id").clone();
-    let b = b.headers().get("x-request-id").expect("generated id").clone();
+    let a = a
+        .headers()
+        .get("x-request-id")
+        .expect("generated id")
+        .clone();
+    let b = b
+        .headers()
+        .get("x-request-id")
+        .expect("generated id")
+        .clone();
     assert!(!a.is_empty());
     assert_ne!(a, b);
 }

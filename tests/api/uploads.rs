@@ -5,7 +5,7 @@ use reqwest::{Method, Response};
 use sha2::{Digest as _, Sha512};
 
 use crate::both;
-use crate::helpers::{error_code, sha256, TestApp};
+use crate::helpers::{error_code, sha256, Db, TestApp};
 
 fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
@@ -67,7 +67,11 @@ async fn assert_blob(app: &TestApp, repo: &str, digest: &str, data: &[u8]) {
 
 async fn assert_no_blob(app: &TestApp, repo: &str, digest: &str) {
     let r = app.get(&format!("/v2/{repo}/blobs/{digest}")).await;
-    assert_eq!(r.status(), 404, "blob {digest} must not be visible in {repo}");
+    assert_eq!(
+        r.status(),
+        404,
+        "blob {digest} must not be visible in {repo}"
+    );
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
 }
 
@@ -110,7 +114,10 @@ async fn single_post_with_digest(app: TestApp) {
     // A wrong digest stores nothing.
     let wrong = sha256(b"something else");
     let r = app
-        .req(Method::POST, &format!("/v2/demo/blobs/uploads/?digest={wrong}"))
+        .req(
+            Method::POST,
+            &format!("/v2/demo/blobs/uploads/?digest={wrong}"),
+        )
         .body(b"not that".to_vec())
         .send()
         .await
@@ -323,7 +330,10 @@ async fn sha512_uploads(app: TestApp) {
     let data2 = b"single post, sha512";
     let d2 = sha512(data2);
     let r = app
-        .req(Method::POST, &format!("/v2/demo/blobs/uploads/?digest={d2}"))
+        .req(
+            Method::POST,
+            &format!("/v2/demo/blobs/uploads/?digest={d2}"),
+        )
         .body(data2.to_vec())
         .send()
         .await
@@ -415,7 +425,12 @@ async fn cross_repository_mount(app: TestApp) {
 
     // A repository holding the blob only through another one cannot lend it:
     // deleting it from the mount target leaves the source serving it.
-    assert_eq!(app.delete(&format!("/v2/team/app/blobs/{d}")).await.status(), 202);
+    assert_eq!(
+        app.delete(&format!("/v2/team/app/blobs/{d}"))
+            .await
+            .status(),
+        202
+    );
     assert_no_blob(&app, "team/app", &d).await;
     assert_blob(&app, "library/base", &d, data).await;
 }
@@ -427,6 +442,10 @@ async fn upload_continues_after_a_restart(app: TestApp) {
     let r = patch(&app, &url, Some("0-49999"), &data[..50_000]).await;
     assert_eq!(r.status(), 202);
     let path = url.strip_prefix(&app.base).unwrap().to_string();
+    // The received chunk is on disk, in the shared blob directory.
+    let id = path.rsplit('/').next().unwrap();
+    let parts = app.dir.path().join("blobs/uploads").join(id);
+    assert_eq!(std::fs::read_dir(&parts).expect("upload parts").count(), 1);
 
     let second = app.restart().await;
     assert_ne!(second.base, app.base);
@@ -468,10 +487,7 @@ async fn a_multi_mebibyte_blob_in_chunks(app: TestApp) {
         )
         .await;
         assert_eq!(r.status(), 202);
-        assert_eq!(
-            header(&r, "range"),
-            Some(format!("0-{}", end - 1).as_str())
-        );
+        assert_eq!(header(&r, "range"), Some(format!("0-{}", end - 1).as_str()));
         offset = end;
     }
     let r = put(&app, &url, &d, last).await;
@@ -488,7 +504,85 @@ async fn a_multi_mebibyte_blob_in_chunks(app: TestApp) {
     assert!(r.bytes().await.unwrap().as_ref() == &data[1_499_990..3_000_010]);
 }
 
+async fn put_with_a_final_chunk_and_content_range(app: TestApp) {
+    let data = b"first part|last part";
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-10"), &data[..11]).await;
+    assert_eq!(r.status(), 202);
+    // A final chunk that does not start at the end is refused with the range held.
+    let r = app
+        .client
+        .put(with_digest(&url, &sha256(data)))
+        .header("Content-Range", "5-13")
+        .body(data[5..14].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(header(&r, "range"), Some("0-10"));
+    let r = app
+        .client
+        .put(with_digest(&url, &sha256(data)))
+        .header("Content-Range", "11-19")
+        .body(data[11..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_blob(&app, "demo", &sha256(data), data).await;
+}
+
+async fn blobs_over_the_size_limit_are_413(db: Db) {
+    let app = TestApp::spawn_with(db, |c| c.limits.max_blob_bytes = 1000).await;
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-599"), &[1u8; 600]).await;
+    assert_eq!(r.status(), 202);
+    let r = patch(&app, &url, Some("600-1099"), &[2u8; 500]).await;
+    assert_eq!(r.status(), 413);
+    // The upload still holds what it had and can finish within the limit.
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "range"), Some("0-599"));
+    let data = [vec![1u8; 600], vec![2u8; 400]].concat();
+    let r = put(&app, &url, &sha256(&data), &data[600..]).await;
+    assert_eq!(r.status(), 201);
+    assert_blob(&app, "demo", &sha256(&data), &data).await;
+    // A single POST over the limit stores nothing.
+    let big = vec![3u8; 1001];
+    let r = app
+        .req(
+            Method::POST,
+            &format!("/v2/demo/blobs/uploads/?digest={}", sha256(&big)),
+        )
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_no_blob(&app, "demo", &sha256(&big)).await;
+}
+
+macro_rules! both_db {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Db::Sqlite).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::helpers::Db::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+both_db!(blobs_over_the_size_limit_are_413);
+
 both!(
+    put_with_a_final_chunk_and_content_range,
     post_then_put_monolithic,
     single_post_with_digest,
     chunked_patches_in_order,
