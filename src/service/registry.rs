@@ -326,7 +326,9 @@ impl Registry {
         };
         if let Some(r) = range {
             if part.size != r.len() {
-                self.blobs.delete_parts(std::slice::from_ref(&part.key)).await;
+                self.blobs
+                    .delete_parts(std::slice::from_ref(&part.key))
+                    .await;
                 return Err(Error::SizeInvalid(format!(
                     "Content-Range announced {} bytes but the body had {}",
                     r.len(),

@@ -18,10 +18,16 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts `cairn serve` with extra `CAIRN_*` settings.
+    fn start_with(env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .arg("serve")
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .env("CAIRN_LISTEN", "127.0.0.1:0")
             .env("CAIRN_LOG__FORMAT", "json")
             .env("CAIRN_SHUTDOWN_TIMEOUT_SECS", "20")
@@ -202,4 +208,66 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
         .send()
         .await
         .is_err());
+}
+
+/// Two `cairn serve` processes sharing one PostgreSQL database and one blob
+/// store race 32 pushes of different manifests under one new immutable tag:
+/// exactly one wins, whichever process served it.
+#[tokio::test]
+async fn two_processes_race_for_one_immutable_tag_on_postgres() {
+    let db = crate::helpers::fresh_postgres_db().await;
+    let blobs = tempfile::tempdir().expect("tempdir");
+    let storage = url::Url::from_directory_path(blobs.path()).expect("url").to_string();
+    let env = [("CAIRN_DATABASE__URL", db.as_str()), ("CAIRN_STORAGE__URL", storage.as_str())];
+    let servers = [Server::start_with(&env), Server::start_with(&env)];
+    let client = reqwest::Client::new();
+    let mut manifests = Vec::new();
+    for i in 0..32 {
+        let config = format!("{{\"racer\":{i}}}");
+        let digest = crate::helpers::sha256(config.as_bytes());
+        let r = client
+            .post(format!("{}/v2/race/procs/blobs/uploads/?digest={digest}", servers[i % 2].base))
+            .body(config.clone())
+            .send()
+            .await
+            .expect("blob push");
+        assert_eq!(r.status(), 201);
+        manifests.push(crate::helpers::image_manifest(&digest, config.len(), &[], None, None));
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(32));
+    let mut tasks = Vec::new();
+    for (i, m) in manifests.into_iter().enumerate() {
+        let url = format!("{}/v2/race/procs/manifests/v1", servers[i % 2].base);
+        let barrier = barrier.clone();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = client
+                .put(url)
+                .header("Content-Type", crate::helpers::OCI_MANIFEST)
+                .body(m.clone())
+                .send()
+                .await
+                .expect("put");
+            (r.status().as_u16(), crate::helpers::sha256(&m))
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut denied = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            (201, d) => winners.push(d),
+            (409, _) => denied += 1,
+            (s, _) => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((winners.len(), denied), (1, 31));
+    for s in &servers {
+        let r = client
+            .head(format!("{}/v2/race/procs/manifests/v1", s.base))
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(r.headers()["docker-content-digest"], winners[0].as_str());
+    }
 }

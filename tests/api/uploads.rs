@@ -463,6 +463,34 @@ async fn upload_continues_after_a_restart(app: TestApp) {
     assert_blob(&app, "demo", &d, &data).await;
 }
 
+/// Two replicas (two servers over one database and blob directory) receive the
+/// same chunk offset at once: exactly one append wins, the other is told where
+/// the upload stands, and the blob is the winner's bytes.
+async fn concurrent_chunks_at_one_offset_on_two_servers(app: TestApp) {
+    let second = app.restart().await;
+    for round in 0..5u8 {
+        let url = start(&app, "demo", "").await;
+        let url2 = second.url_of(url.strip_prefix(&app.base).unwrap());
+        let a = vec![round; 64 * 1024];
+        let b = vec![round + 100; 64 * 1024];
+        let (ra, rb) = tokio::join!(
+            patch(&app, &url, Some("0-65535"), &a),
+            patch(&second, &url2, Some("0-65535"), &b)
+        );
+        let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
+        assert!(
+            (sa, sb) == (202, 416) || (sa, sb) == (416, 202),
+            "round {round}: {sa} {sb}"
+        );
+        let loser = if sa == 416 { &ra } else { &rb };
+        assert_eq!(header(loser, "range"), Some("0-65535"));
+        let winner = if sa == 202 { &a } else { &b };
+        let r = put(&app, &url, &sha256(winner), b"").await;
+        assert_eq!(r.status(), 201, "round {round}");
+        assert_blob(&second, "demo", &sha256(winner), winner).await;
+    }
+}
+
 async fn a_multi_mebibyte_blob_in_chunks(app: TestApp) {
     let size = 5 * 1024 * 1024 + 12_345;
     let data: Vec<u8> = (0..size as u64)
@@ -597,5 +625,6 @@ both!(
     finishing_a_sha256_upload_with_a_sha512_digest,
     cross_repository_mount,
     upload_continues_after_a_restart,
+    concurrent_chunks_at_one_offset_on_two_servers,
     a_multi_mebibyte_blob_in_chunks,
 );
