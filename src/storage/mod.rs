@@ -63,6 +63,9 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// Size of the parts streamed to the object store; bounds per-upload memory.
     part_size: usize,
+    /// Root directory when the store is the local filesystem: object_store does
+    /// not fsync, so this layer does, before anything is acknowledged.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl BlobStore {
@@ -74,6 +77,7 @@ impl BlobStore {
             url: url.to_string(),
             reason: e.to_string(),
         })?;
+        let mut local_root = None;
         let (store, part_size): (Arc<dyn ObjectStore>, usize) = match parsed.scheme() {
             "file" => {
                 let path = parsed.to_file_path().map_err(|_| Error::Url {
@@ -82,6 +86,7 @@ impl BlobStore {
                 })?;
                 std::fs::create_dir_all(&path)?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)?;
+                local_root = Some(path);
                 (Arc::new(fs), 1 << 20)
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), 1 << 20),
@@ -106,7 +111,33 @@ impl BlobStore {
                 (store, 8 << 20)
             }
         };
-        Ok(BlobStore { store, part_size })
+        Ok(BlobStore {
+            store,
+            part_size,
+            local_root,
+        })
+    }
+
+    /// Makes the object at `key` durable: on the local filesystem, fsyncs the file
+    /// and its directory (so a rename into place survives a crash too). Other
+    /// backends acknowledge writes only once they are durable.
+    async fn sync(&self, key: &Path) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = key
+            .parts()
+            .fold(root.clone(), |p, part| p.join(part.as_ref()));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        Ok(())
     }
 
     fn blob_path(digest: &Digest) -> Path {
@@ -146,6 +177,10 @@ impl BlobStore {
         let key = Self::part_path(upload_id, offset);
         let path = Path::from(key.clone());
         let size = self.write_stream(&path, body, Some(hasher), limit).await?;
+        if size > 0 {
+            // A chunk is acknowledged (202) once stored: it must survive a crash.
+            self.sync(&path).await?;
+        }
         Ok((size > 0).then_some(StoredPart { key, size }))
     }
 
@@ -240,7 +275,7 @@ impl BlobStore {
                 self.write_stream(&target, stream, None, u64::MAX).await?;
             }
         }
-        Ok(())
+        self.sync(&target).await
     }
 
     /// Re-reads `parts`, hashes them with `hasher`, and stores them as a blob only
@@ -310,10 +345,9 @@ impl BlobStore {
         if self.exists(digest).await? {
             return Ok(());
         }
-        self.store
-            .put(&Self::blob_path(digest), PutPayload::from_bytes(bytes))
-            .await?;
-        Ok(())
+        let target = Self::blob_path(digest);
+        self.store.put(&target, PutPayload::from_bytes(bytes)).await?;
+        self.sync(&target).await
     }
 
     /// Reads a whole small blob (a manifest).

@@ -7,6 +7,10 @@
 //!
 //! The tests run on a current-thread runtime that also runs the server, so every
 //! external command is awaited (`tokio::process`), never run blocking.
+//!
+//! Tags are immutable by default; the registry here makes `e2e/**` mutable so
+//! clients can delete, and leaves `frozen/**` at the default to check how a
+//! client reports a refused delete.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +18,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::both;
+use cairn::policy::{Mutability, RuleSpec};
+
 use crate::helpers::{sha256, Db, TestApp, OCI_MANIFEST};
 
 /// The longest any one client command may take.
@@ -324,6 +329,25 @@ async fn skopeo_copy(app: TestApp) {
         .collect();
     tags.sort();
     assert_eq!(tags, ["v1", "v2"]);
+
+    // Under the default policy the tag is immutable: skopeo's delete is refused
+    // and skopeo reports the registry's DENIED error.
+    let frozen = format!("docker://{host}/frozen/app:v1");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &image,
+            &frozen,
+        ],
+    )
+    .await;
+    let err = run_failing("skopeo", &["delete", "--tls-verify=false", &frozen]).await;
+    assert!(err.contains("DENIED") && err.contains("immutable"), "{err}");
+    assert_eq!(served_digest(&app, "frozen/app", "v1").await, digest);
 
     // skopeo delete resolves the tag and deletes the manifest by digest, which
     // removes every tag pointing at it.
@@ -845,14 +869,45 @@ async fn oci_client_push_pull(app: TestApp) {
     assert_eq!(found.manifests[0].digest, sha256(&referrer));
 }
 
-both!(skopeo_copy, docker_push_pull, oras_py, oci_client_push_pull);
+/// The registry these tests use: defaults, with `e2e/**` mutable.
+async fn spawn(db: Db) -> TestApp {
+    TestApp::spawn_with(db, |c| {
+        c.immutability.rules = vec![RuleSpec {
+            name: "e2e scratch".into(),
+            repositories: vec!["e2e/**".into()],
+            tags: vec!["*".into()],
+            mutability: Mutability::Mutable,
+        }]
+    })
+    .await
+}
+
+/// Runs each listed test body against SQLite and against PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(super::spawn(super::Db::Sqlite).await).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(super::spawn(super::Db::Postgres).await).await
+                }
+            }
+        )*
+    };
+}
+
+on_both!(skopeo_copy, docker_push_pull, oras_py, oci_client_push_pull);
 
 #[tokio::test]
 async fn podman_push_pull_sqlite() {
-    podman_push_pull(TestApp::spawn(Db::Sqlite).await).await
+    podman_push_pull(spawn(Db::Sqlite).await).await
 }
 
 #[tokio::test]
 async fn buildah_build_push_pull_sqlite() {
-    buildah_build_push_pull(TestApp::spawn(Db::Sqlite).await).await
+    buildah_build_push_pull(spawn(Db::Sqlite).await).await
 }
