@@ -25,10 +25,16 @@ apt_install() {
 }
 
 # ---- tools ------------------------------------------------------------------
-apt_install postgresql skopeo podman buildah uidmap fuse-overlayfs
-if ! python3 -c 'import oras' 2>/dev/null; then
+apt_install postgresql skopeo podman buildah uidmap fuse-overlayfs python3 python3-pip
+# The end-to-end tests (tests/api/e2e.rs) also drive the Docker Engine; any
+# install works (docker.io if there is none), but the daemon must be running.
+command -v docker >/dev/null 2>&1 || apt_install docker.io
+# oras-py, the ORAS Python SDK (tests/e2e/oras_client.py). Debian's own python3
+# is "externally managed" (PEP 668), hence the fallback flag.
+if ! python3 -c 'import oras.provider' 2>/dev/null; then
   log "installing oras (PyPI)"
-  python3 -m pip install -q 'oras==0.2.*'
+  python3 -m pip install -q 'oras==0.2.*' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'oras==0.2.*'
 fi
 
 # ---- PostgreSQL ---------------------------------------------------------------

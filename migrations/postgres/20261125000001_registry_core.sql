@@ -5,7 +5,7 @@
 
 CREATE TABLE repositories (
     id          BIGSERIAL PRIMARY KEY,
-    name        TEXT    NOT NULL UNIQUE,
+    name        TEXT    COLLATE "C" NOT NULL UNIQUE,
     created_at  BIGINT  NOT NULL
 );
 
@@ -64,7 +64,7 @@ CREATE INDEX manifest_children_child ON manifest_children(repository_id, child_d
 -- One row per tag: the primary key is what makes a tag name unique per repository.
 CREATE TABLE tags (
     repository_id    BIGINT NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
-    name             TEXT   NOT NULL,
+    name             TEXT   COLLATE "C" NOT NULL,
     manifest_digest  TEXT   NOT NULL,
     created_at       BIGINT NOT NULL,
     updated_at       BIGINT NOT NULL,

@@ -346,7 +346,9 @@ impl BlobStore {
             return Ok(());
         }
         let target = Self::blob_path(digest);
-        self.store.put(&target, PutPayload::from_bytes(bytes)).await?;
+        self.store
+            .put(&target, PutPayload::from_bytes(bytes))
+            .await?;
         self.sync(&target).await
     }
 

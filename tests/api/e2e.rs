@@ -869,6 +869,32 @@ async fn oci_client_push_pull(app: TestApp) {
     assert_eq!(found.manifests[0].digest, sha256(&referrer));
 }
 
+// ---- what clients expect of a plain-HTTP port ----------------------------------
+
+/// docker, skopeo and podman try TLS first on a registry they may reach over
+/// plain HTTP, and fall back to HTTP only when the port answers the TLS
+/// ClientHello with an HTTP 400: the connection must get that answer, not a
+/// hang or a reset.
+async fn tls_client_hello_gets_http_400(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // A TLS 1.2 record header (handshake, ClientHello) and the start of a hello.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
+    ];
+    hello.extend_from_slice(&[0u8; 40]);
+    s.write_all(&hello).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the server answers and closes within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+}
+
 /// The registry these tests use: defaults, with `e2e/**` mutable.
 async fn spawn(db: Db) -> TestApp {
     TestApp::spawn_with(db, |c| {
@@ -901,6 +927,11 @@ macro_rules! on_both {
 }
 
 on_both!(skopeo_copy, docker_push_pull, oras_py, oci_client_push_pull);
+
+#[tokio::test]
+async fn tls_client_hello_on_plain_http() {
+    tls_client_hello_gets_http_400(spawn(Db::Sqlite).await).await
+}
 
 #[tokio::test]
 async fn podman_push_pull_sqlite() {

@@ -217,8 +217,13 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
 async fn two_processes_race_for_one_immutable_tag_on_postgres() {
     let db = crate::helpers::fresh_postgres_db().await;
     let blobs = tempfile::tempdir().expect("tempdir");
-    let storage = url::Url::from_directory_path(blobs.path()).expect("url").to_string();
-    let env = [("CAIRN_DATABASE__URL", db.as_str()), ("CAIRN_STORAGE__URL", storage.as_str())];
+    let storage = url::Url::from_directory_path(blobs.path())
+        .expect("url")
+        .to_string();
+    let env = [
+        ("CAIRN_DATABASE__URL", db.as_str()),
+        ("CAIRN_STORAGE__URL", storage.as_str()),
+    ];
     let servers = [Server::start_with(&env), Server::start_with(&env)];
     let client = reqwest::Client::new();
     let mut manifests = Vec::new();
@@ -226,13 +231,22 @@ async fn two_processes_race_for_one_immutable_tag_on_postgres() {
         let config = format!("{{\"racer\":{i}}}");
         let digest = crate::helpers::sha256(config.as_bytes());
         let r = client
-            .post(format!("{}/v2/race/procs/blobs/uploads/?digest={digest}", servers[i % 2].base))
+            .post(format!(
+                "{}/v2/race/procs/blobs/uploads/?digest={digest}",
+                servers[i % 2].base
+            ))
             .body(config.clone())
             .send()
             .await
             .expect("blob push");
         assert_eq!(r.status(), 201);
-        manifests.push(crate::helpers::image_manifest(&digest, config.len(), &[], None, None));
+        manifests.push(crate::helpers::image_manifest(
+            &digest,
+            config.len(),
+            &[],
+            None,
+            None,
+        ));
     }
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(32));
     let mut tasks = Vec::new();
