@@ -120,7 +120,9 @@ impl Config {
             }
             f = f.merge(Toml::file(p));
         }
-        f.merge(Env::prefixed("CAIRN_").split("__"))
+        // CAIRN_CONFIG (the file's path) and CAIRN_LOG (a log filter) are read by
+        // the CLI, not configuration keys.
+        f.merge(Env::prefixed("CAIRN_").ignore(&["config", "log"]).split("__"))
             .extract()
             .map_err(Box::new)
     }

@@ -140,6 +140,15 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         }
         Route::Manifest(repo, r) if m == Method::PUT => manifests::put(&ctx, &repo, &r, body).await,
         Route::Manifest(repo, r) if m == Method::DELETE => manifests::delete(&ctx, &repo, &r).await,
+        Route::BadReference(_, reference, e)
+            if m == Method::GET || m == Method::HEAD || m == Method::DELETE =>
+        {
+            Err(ApiError::new(
+                Code::ManifestUnknown,
+                format!("manifest {reference:?} is not known to this repository: {e}"),
+            ))
+        }
+        Route::BadReference(_, _, e) if m == Method::PUT => Err(e.into()),
         Route::Tags(repo) if m == Method::GET => listing::tags(&ctx, &repo).await,
         Route::Referrers(repo, d) if m == Method::GET => listing::referrers(&ctx, &repo, &d).await,
         _ => Err(ApiError::new(

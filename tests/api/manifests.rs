@@ -629,7 +629,27 @@ async fn a_tag_moves_to_a_new_digest(db: Db) {
     assert_eq!(v["tags"], json!(["latest"]));
 }
 
+/// A reference that is neither a tag nor a digest names no manifest: reads are
+/// 404 MANIFEST_UNKNOWN (as the conformance suite requires), a push is 400.
+async fn invalid_references(app: TestApp) {
+    for path in ["/v2/inv/manifests/.INVALID_MANIFEST_NAME", "/v2/inv/manifests/sha256:short"] {
+        let r = app.get(path).await;
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+        assert_eq!(app.head(path).await.status(), 404, "{path}");
+        assert_eq!(app.delete(path).await.status(), 404, "{path}");
+    }
+    let m = image_manifest(&sha256(b"x"), 1, &[], None, None);
+    let r = app.put_manifest("inv", ".bad", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    let r = app.put_manifest("inv", "sha256:short", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+}
+
 both!(
+    invalid_references,
     sha512_manifest_digests,
     put_by_tag_and_by_digest,
     exact_bytes_are_served,
