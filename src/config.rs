@@ -122,9 +122,13 @@ impl Config {
         }
         // CAIRN_CONFIG (the file's path) and CAIRN_LOG (a log filter) are read by
         // the CLI, not configuration keys.
-        f.merge(Env::prefixed("CAIRN_").ignore(&["config", "log"]).split("__"))
-            .extract()
-            .map_err(Box::new)
+        f.merge(
+            Env::prefixed("CAIRN_")
+                .ignore(&["config", "log"])
+                .split("__"),
+        )
+        .extract()
+        .map_err(Box::new)
     }
 
     pub fn limits(&self) -> Limits {

@@ -632,7 +632,10 @@ async fn a_tag_moves_to_a_new_digest(db: Db) {
 /// A reference that is neither a tag nor a digest names no manifest: reads are
 /// 404 MANIFEST_UNKNOWN (as the conformance suite requires), a push is 400.
 async fn invalid_references(app: TestApp) {
-    for path in ["/v2/inv/manifests/.INVALID_MANIFEST_NAME", "/v2/inv/manifests/sha256:short"] {
+    for path in [
+        "/v2/inv/manifests/.INVALID_MANIFEST_NAME",
+        "/v2/inv/manifests/sha256:short",
+    ] {
         let r = app.get(path).await;
         assert_eq!(r.status(), 404, "{path}");
         assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
@@ -643,7 +646,9 @@ async fn invalid_references(app: TestApp) {
     let r = app.put_manifest("inv", ".bad", OCI_MANIFEST, &m).await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "MANIFEST_INVALID");
-    let r = app.put_manifest("inv", "sha256:short", OCI_MANIFEST, &m).await;
+    let r = app
+        .put_manifest("inv", "sha256:short", OCI_MANIFEST, &m)
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 }
