@@ -56,6 +56,10 @@ if ! pg_up; then
 fi
 for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 pg_up || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+# Each test creates its own database; drop those of earlier runs.
+PGPASSWORD= psql "$CAIRN_TEST_POSTGRES_URL" -Atqc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'cairn\_test\_%'" 2>/dev/null |
+  while read -r db; do psql "$CAIRN_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
 
 # ---- checks and tests -------------------------------------------------------
 log "cargo fmt --check"
