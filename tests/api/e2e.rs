@@ -895,15 +895,138 @@ async fn tls_client_hello_gets_http_400(app: TestApp) {
     assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
 }
 
+// ---- immutability as clients show it ----------------------------------------------
+
+/// The tag's history actions, newest first.
+async fn history_actions(app: &TestApp, repo: &str, tag: &str) -> Vec<String> {
+    let v: Value = app
+        .get(&format!("/api/v1/repositories/{repo}/tags/{tag}/history"))
+        .await
+        .json()
+        .await
+        .expect("history json");
+    v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// skopeo and oras-py push `v1`, push it again (succeeds), push other content
+/// to `v1` (refused, with Cairn's message shown to the user), and move `latest`
+/// twice; the history API shows all of it.
+async fn immutable_tags_through_skopeo_and_oras(app: TestApp) {
+    let host = app.host();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (da, _) = write_oci_layout(&a_dir, "t", b"content a");
+    let (db, _) = write_oci_layout(&b_dir, "t", b"content b");
+    let copy = |dir: &Path, tag: &str| {
+        vec![
+            "copy".to_string(),
+            "--preserve-digests".into(),
+            "--dest-tls-verify=false".into(),
+            format!("oci:{}:t", path_str(dir)),
+            format!("docker://{host}/frozen/skopeo:{tag}"),
+        ]
+    };
+    let args = |v: &[String]| v.to_vec();
+    let a_v1 = args(&copy(&a_dir, "v1"));
+    let a_v1: Vec<&str> = a_v1.iter().map(String::as_str).collect();
+    run("skopeo", &a_v1).await;
+    run("skopeo", &a_v1).await; // the CI retry
+    let b_v1 = copy(&b_dir, "v1");
+    let b_v1: Vec<&str> = b_v1.iter().map(String::as_str).collect();
+    let err = run_failing("skopeo", &b_v1).await;
+    let expected = format!(
+        "tag \"v1\" in \"frozen/skopeo\" is immutable (rule \"default\"): it holds {da} and cannot be moved to {db}"
+    );
+    // skopeo logs through logrus, which escapes the quotes of the message.
+    assert!(
+        err.contains(&format!("denied: {}", expected.replace('"', "\\\""))),
+        "skopeo showed: {err}"
+    );
+    assert_eq!(served_digest(&app, "frozen/skopeo", "v1").await, da);
+    for dir in [&a_dir, &b_dir] {
+        let latest = copy(dir, "latest");
+        let latest: Vec<&str> = latest.iter().map(String::as_str).collect();
+        run("skopeo", &latest).await;
+    }
+    assert_eq!(served_digest(&app, "frozen/skopeo", "latest").await, db);
+    assert_eq!(
+        history_actions(&app, "frozen/skopeo", "v1").await,
+        ["denied", "repushed", "created"]
+    );
+    assert_eq!(
+        history_actions(&app, "frozen/skopeo", "latest").await,
+        ["moved", "created"]
+    );
+
+    // oras-py: the same story with artifacts.
+    let push = r#"
+import sys, oras.provider
+host, repo, tag, path = sys.argv[1:5]
+reg = oras.provider.Registry(hostname=host, insecure=True)
+r = reg.push(target=f"{host}/{repo}:{tag}", files=[path], disable_path_validation=True)
+print(r.headers.get("Docker-Content-Digest"))
+"#;
+    let (fa, fb) = (tmp.path().join("a.txt"), tmp.path().join("b.txt"));
+    std::fs::write(&fa, "artifact a").expect("write");
+    std::fs::write(&fb, "artifact b").expect("write");
+    let oras = |tag: &'static str, file: &Path| {
+        vec![
+            "-c".to_string(),
+            push.to_string(),
+            host.clone(),
+            "frozen/oras".into(),
+            tag.into(),
+            path_str(file).to_string(),
+        ]
+    };
+    let a = oras("v1", &fa);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let first = run("python3", &a).await;
+    assert_eq!(run("python3", &a).await, first);
+    let b = oras("v1", &fb);
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let err = run_failing("python3", &b).await;
+    assert!(
+        err.contains("tag \"v1\" in \"frozen/oras\" is immutable (rule \"default\"): it holds"),
+        "oras-py showed: {err}"
+    );
+    for file in [&fa, &fb] {
+        let l = oras("latest", file);
+        let l: Vec<&str> = l.iter().map(String::as_str).collect();
+        run("python3", &l).await;
+    }
+    assert_eq!(
+        history_actions(&app, "frozen/oras", "v1").await,
+        ["denied", "repushed", "created"]
+    );
+    assert_eq!(
+        history_actions(&app, "frozen/oras", "latest").await,
+        ["moved", "created"]
+    );
+}
+
 /// The registry these tests use: defaults, with `e2e/**` mutable.
 async fn spawn(db: Db) -> TestApp {
     TestApp::spawn_with(db, |c| {
-        c.immutability.rules = vec![RuleSpec {
-            name: "e2e scratch".into(),
-            repositories: vec!["e2e/**".into()],
-            tags: vec!["*".into()],
-            mutability: Mutability::Mutable,
-        }]
+        c.immutability.rules = vec![
+            RuleSpec {
+                name: "e2e scratch".into(),
+                repositories: vec!["e2e/**".into()],
+                tags: vec!["*".into()],
+                mutability: Mutability::Mutable,
+            },
+            RuleSpec {
+                name: "moving tags".into(),
+                repositories: vec!["**".into()],
+                tags: vec!["latest".into()],
+                mutability: Mutability::Mutable,
+            },
+        ]
     })
     .await
 }
@@ -926,7 +1049,13 @@ macro_rules! on_both {
     };
 }
 
-on_both!(skopeo_copy, docker_push_pull, oras_py, oci_client_push_pull);
+on_both!(
+    skopeo_copy,
+    docker_push_pull,
+    oras_py,
+    oci_client_push_pull,
+    immutable_tags_through_skopeo_and_oras
+);
 
 #[tokio::test]
 async fn tls_client_hello_on_plain_http() {
