@@ -525,6 +525,23 @@ async fn podman_push_pull(app: TestApp) {
     )
     .await;
     assert_eq!(pulled.trim(), pushed);
+
+    // An immutable tag: the same image again is fine, another one is refused
+    // and podman shows the registry's message.
+    let frozen = format!("{host}/frozen/podman:v1");
+    run_with("podman", &flags, &["tag", &image, &frozen]).await;
+    run_with("podman", &flags, &["push", "--tls-verify=false", &frozen]).await;
+    run_with("podman", &flags, &["push", "--tls-verify=false", &frozen]).await;
+    std::fs::write(&archive, tar(&[("hello.txt", b"other content\n")])).expect("tar");
+    run_with("podman", &flags, &["import", path_str(&archive), &frozen]).await;
+    let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
+    all.extend_from_slice(&["push", "--tls-verify=false", &frozen]);
+    let err = run_failing("podman", &all).await;
+    assert!(
+        err.contains("tag \"v1\" in \"frozen/podman\" is immutable (rule \"default\"): it holds")
+            || err.contains("tag \\\"v1\\\" in \\\"frozen/podman\\\" is immutable (rule \\\"default\\\"): it holds"),
+        "podman showed: {err}"
+    );
 }
 
 /// buildah: build an image from scratch, push it, pull it into fresh storage.
