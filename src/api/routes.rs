@@ -70,7 +70,9 @@ impl Route {
         if rest.is_empty() || rest == "/" {
             return Ok(Some(Route::Base));
         }
-        let rest = &rest[1..];
+        let Some(rest) = rest.strip_prefix('/') else {
+            return Ok(None);
+        };
         if rest == "_catalog" {
             return Ok(Some(Route::Catalog));
         }
@@ -167,6 +169,9 @@ mod tests {
         ));
         assert!(Route::parse("/v2/a/unknown/x").unwrap().is_none());
         assert!(Route::parse("/other").unwrap().is_none());
+        // Found by the fuzzer: a path continuing "/v2" without a slash.
+        assert!(Route::parse("/v2\u{6e8}").unwrap().is_none());
+        assert!(Route::parse("/v2x/manifests/latest").unwrap().is_none());
     }
 
     proptest! {
