@@ -24,6 +24,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub immutability: ImmutabilityConfig,
+    pub metrics: MetricsConfig,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
 }
@@ -69,6 +70,27 @@ pub struct ImmutabilityConfig {
     pub buildkit_index_equivalence: bool,
 }
 
+/// Prometheus metrics and pull statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record Prometheus metrics and serve `GET /metrics`. Off: nothing is
+    /// recorded on the request path and `/metrics` is 404.
+    pub enabled: bool,
+    /// Serve `/metrics` on this address instead of the main listener (so it can
+    /// stay off the network clients reach). Absent: on the main listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Distinct repositories that get their own label value; the rest are
+    /// counted under `repository="other"`, which bounds the series count.
+    pub max_repositories: usize,
+    /// Count pulls per manifest, tag and repository in the database.
+    pub pull_stats: bool,
+    /// Seconds between flushes of pull statistics (aggregated in memory, never
+    /// written on the pull path); a crash loses at most this much.
+    pub pull_stats_flush_secs: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -102,6 +124,13 @@ impl Default for Config {
                 level: "info".into(),
             },
             immutability: ImmutabilityConfig::default(),
+            metrics: MetricsConfig {
+                enabled: true,
+                listen: None,
+                max_repositories: 1000,
+                pull_stats: true,
+                pull_stats_flush_secs: 5,
+            },
             shutdown_timeout_secs: 30,
         }
     }
@@ -120,15 +149,32 @@ impl Config {
             }
             f = f.merge(Toml::file(p));
         }
-        // CAIRN_CONFIG (the file's path) and CAIRN_LOG (a log filter) are read by
-        // the CLI, not configuration keys.
+        // Only variables naming a configuration section are configuration:
+        // CAIRN_CONFIG and CAIRN_LOG belong to the CLI, and other CAIRN_* variables
+        // (CAIRN_PORT injected by Kubernetes for a service called cairn, test
+        // settings) must not stop the registry from starting. Unknown keys *inside*
+        // a known section are still refused.
+        let sections = Config::sections();
         f.merge(
             Env::prefixed("CAIRN_")
                 .ignore(&["config", "log"])
+                .filter(move |key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    let first = key.split("__").next().unwrap_or("");
+                    sections.iter().any(|s| s == first)
+                })
                 .split("__"),
         )
         .extract()
         .map_err(Box::new)
+    }
+
+    /// The top-level keys of the configuration (`listen`, `database`, …).
+    fn sections() -> Vec<String> {
+        match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -195,6 +241,25 @@ mod tests {
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 6000);
             assert_eq!(c.database.url, "postgres://u@127.0.0.1/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn cli_and_foreign_variables_are_not_config_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CAIRN_CONFIG", "/etc/cairn.toml");
+            jail.set_env("CAIRN_LOG", "debug");
+            jail.set_env("CAIRN_LOG__FORMAT", "json");
+            jail.set_env("CAIRN_PORT", "tcp://10.0.0.1:5000");
+            jail.set_env("CAIRN_TEST_POSTGRES_URL", "postgres://x@127.0.0.1/y");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.log.format, "json");
+            assert_eq!(c.log.level, "info");
+            // A typo inside a known section is still an error.
+            jail.set_env("CAIRN_DATABASE__URLL", "x");
+            assert!(Config::load(None).is_err());
             Ok(())
         });
     }

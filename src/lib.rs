@@ -8,27 +8,28 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod metadata;
+pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod storage;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Request};
+use axum::http::{HeaderName, HeaderValue};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
 pub use config::Config;
 use metadata::{DbOptions, Metadata};
-use service::Registry;
-use storage::BlobStore;
+use metrics::Metrics;
+use service::{PullStats, Registry};
+use storage::{BlobStore, MeteredStore};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,7 +37,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct App {
     listener: TcpListener,
     router: Router,
+    /// `metrics.listen`: a second listener serving only `/metrics`.
+    metrics_server: Option<(TcpListener, Router)>,
     registry: Registry,
+    pulls: Option<Arc<PullStats>>,
+    pull_stats_flush: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -58,43 +63,51 @@ impl App {
     pub async fn build(config: &Config) -> anyhow::Result<App> {
         let rules = config.rules()?;
         let listener = TcpListener::bind(config.listen).await?;
-        let meta = open_metadata(config).await?;
-        let blobs = BlobStore::open(&config.storage_url()?)?;
+        let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
+            (true, Some(addr)) => Some(TcpListener::bind(addr).await?),
+            _ => None,
+        };
+        let metrics = config
+            .metrics
+            .enabled
+            .then(|| Arc::new(Metrics::new(config.metrics.max_repositories)));
+        let mut meta = open_metadata(config).await?;
+        if let Some(m) = &metrics {
+            meta = meta.with_observer(m.clone());
+        }
+        let blobs = MeteredStore::new(
+            BlobStore::open(&config.storage_url()?)?,
+            metrics
+                .clone()
+                .map(|m| m as Arc<dyn storage::StoreObserver>),
+        );
+        let pulls = config.metrics.pull_stats.then(|| {
+            let on_failure = metrics
+                .clone()
+                .map(|m| Box::new(move || m.pull_stats_flush_failed()) as service::FlushFailed);
+            Arc::new(PullStats::new(meta.clone(), on_failure))
+        });
         let registry = Registry::new(meta, blobs, config.limits(), rules);
-        let router = api::router(api::AppState {
+        let state = api::AppState {
             registry: registry.clone(),
-        })
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<_>| {
-                    let id = req
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!(
-                        "request",
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                        request_id = %id,
-                        route = tracing::field::Empty,
-                        repository = tracing::field::Empty,
-                    )
-                })
-                // One line per request at INFO: method, path, route, status, latency.
-                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("docker-distribution-api-version"),
-            HeaderValue::from_static("registry/2.0"),
-        ));
+            metrics,
+            pulls: pulls.clone(),
+        };
+        let metrics_server = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
+        let router = api::router(state, config.metrics.enabled && metrics_server.is_none())
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(SetResponseHeaderLayer::overriding(
+                HeaderName::from_static("docker-distribution-api-version"),
+                HeaderValue::from_static("registry/2.0"),
+            ));
         Ok(App {
             listener,
             router,
+            metrics_server,
             registry,
+            pulls,
+            pull_stats_flush: Duration::from_secs(config.metrics.pull_stats_flush_secs.max(1)),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
         })
     }
@@ -103,16 +116,38 @@ impl App {
         self.listener.local_addr()
     }
 
+    /// The address of the separate metrics listener, if `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish
-    /// (up to the configured timeout) and closes the database.
+    /// (up to the configured timeout), writes the pending pull statistics and
+    /// closes the database. Pull statistics are flushed in the background
+    /// meanwhile.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let flusher = self
+            .pulls
+            .clone()
+            .map(|p| tokio::spawn(p.flush_every(self.pull_stats_flush)));
+        // The metrics listener has no in-flight work worth draining: it stops
+        // with the main server.
+        let metrics_server = self.metrics_server.map(|(l, router)| {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })
+        });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let signalled = async move {
             shutdown.await;
@@ -139,6 +174,18 @@ impl App {
                 Ok(())
             }
         };
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
+        if let Some(p) = &self.pulls {
+            p.stop();
+            if let Some(f) = flusher {
+                let _ = f.await;
+            }
+            if let Err(e) = p.flush().await {
+                tracing::warn!(error = %e, "could not write pull statistics at shutdown");
+            }
+        }
         self.registry.metadata().close().await;
         result
     }

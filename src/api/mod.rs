@@ -4,6 +4,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod observe;
 pub mod routes;
 mod tags_api;
 mod uploads;
@@ -13,44 +14,58 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
 use crate::error::{ApiError, Code};
-use crate::service::Registry;
+use crate::metrics::Metrics;
+use crate::service::{PullStats, Registry};
 use routes::Route;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
+    /// Prometheus metrics (`None`: `metrics.enabled = false`).
+    pub metrics: Option<Arc<Metrics>>,
+    /// The in-memory pull statistics (`None`: `metrics.pull_stats = false`).
+    pub pulls: Option<Arc<PullStats>>,
 }
 
-/// The registry's router: the distribution API under `/v2`, and health probes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The registry's router: the distribution API under `/v2`, the JSON API under
+/// `/api/v1`, health probes, and `/metrics` when `serve_metrics` (metrics on
+/// the main listener). Every route is observed (log line, HTTP metrics).
+pub fn router(state: AppState, serve_metrics: bool) -> Router {
+    let state = Arc::new(state);
+    let mut r = Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/api/v1/policy/explain", get(tags_api::explain))
         .route("/api/v1/repositories/{*rest}", get(tags_api::repository))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .fallback(|| async {
-            ApiError::new(Code::Unsupported, "no such endpoint").with_status(StatusCode::NOT_FOUND)
-        })
-        .with_state(Arc::new(state))
+        .route("/readyz", get(observe::readyz));
+    if serve_metrics {
+        r = r.route("/metrics", get(observe::metrics));
+    }
+    r.fallback(|| async {
+        ApiError::new(Code::Unsupported, "no such endpoint").with_status(StatusCode::NOT_FOUND)
+    })
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        observe::observe,
+    ))
+    .with_state(state)
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.registry.metadata().ping().await {
-        Ok(()) => "ready".into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
-        }
-    }
+/// The router of a separate metrics listener (`metrics.listen`): `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    let state = Arc::new(state);
+    Router::new()
+        .route("/metrics", get(observe::metrics))
+        .with_state(state)
 }
 
 /// Query parameters in order, repeated keys kept (`?tag=a&tag=b`).
@@ -104,6 +119,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         tracing::Span::current().record("repository", repo.as_str());
     }
     let (parts, body) = req.into_parts();
+    let facts = observe::Facts::of(&route, &parts.method);
     let query = Query::parse(parts.uri.query());
     // Until authentication exists, the actor recorded in tag history is the
     // client's address.
@@ -156,7 +172,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             format!("{} is not supported on {}", m, route.template()),
         )),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    observe::outcome(&state, facts, result)
 }
 
 /// What a handler needs of the request besides its route and body.

@@ -1,6 +1,7 @@
-//! The JSON API for tags and immutability (`/api/v1/…`): a tag's history, where
-//! it pointed at a given time, the effective rules of a repository, and the
-//! decision for one tag with the rule that made it.
+//! The JSON API (`/api/v1/…`): a tag's history, where it pointed at a given
+//! time, the effective rules of a repository, the decision for one tag with the
+//! rule that made it, a repository's artifacts with their pull statistics, and
+//! a repository's totals.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use time::OffsetDateTime;
 use super::{number, AppState, Query};
 use crate::domain::{RepoName, Tag};
 use crate::error::{ApiError, Code};
-use crate::metadata::TagHistoryEntry;
+use crate::metadata::{ArtifactSort, ArtifactStats, TagHistoryEntry};
 
 fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -33,6 +34,24 @@ fn entry(e: &TagHistoryEntry) -> Value {
         "rule": e.rule,
         "actor": e.actor,
         "at": rfc3339(e.at_ms),
+    })
+}
+
+fn artifact(a: &ArtifactStats) -> Value {
+    json!({
+        "digest": a.digest,
+        "media_type": a.media_type,
+        "artifact_type": a.artifact_type,
+        "size": a.size,
+        "pushed_at": rfc3339(a.pushed_at),
+        "tags": a.tags.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        "tag_pulls": a.tags.iter().map(|t| json!({
+            "tag": t.name,
+            "pulls": t.pulls,
+            "last_pulled_at": t.last_pulled_at.map(rfc3339),
+        })).collect::<Vec<_>>(),
+        "pulls": a.pulls,
+        "last_pulled_at": a.last_pulled_at.map(rfc3339),
     })
 }
 
@@ -67,7 +86,8 @@ pub(super) async fn explain(State(state): State<Arc<AppState>>, req: Request) ->
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `GET /api/v1/repositories/<name>/…`: `policy`, `tags/<tag>`, `tags/<tag>/history`.
+/// `GET /api/v1/repositories/<name>[/…]`: the repository's totals, `policy`,
+/// `artifacts`, `tags/<tag>`, `tags/<tag>/history`.
 pub(super) async fn repository(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let q = Query::parse(req.uri().query());
@@ -152,8 +172,87 @@ async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiE
         }))
         .into_response());
     }
+    if n >= 2 && segs[n - 1] == "artifacts" {
+        return artifacts(state, &name(n - 1)?, path, q).await;
+    }
+    if segs.iter().all(|s| !s.is_empty()) {
+        let repo = name(n)?;
+        let s = reg.repository_stats(&repo).await?;
+        return Ok(Json(json!({
+            "repository": repo.as_str(),
+            "created_at": rfc3339(s.created_at),
+            "manifests": s.manifests,
+            "tags": s.tags,
+            "pulls": s.pulls,
+            "blob_pulls": s.blob_pulls,
+            "bytes_served": s.bytes_served,
+            "last_pulled_at": s.last_pulled_at.map(rfc3339),
+        }))
+        .into_response());
+    }
     Err(
         ApiError::new(Code::Unsupported, format!("no endpoint at {path}"))
             .with_status(StatusCode::NOT_FOUND),
     )
+}
+
+/// `GET …/<name>/artifacts?sort=pulls|last_pulled|pushed|size&order=asc|desc&n=&offset=`:
+/// the repository's manifests with tags and pull statistics, newest push first
+/// by default, with a `Link` to the next page.
+async fn artifacts(
+    state: &AppState,
+    repo: &RepoName,
+    path: &str,
+    q: &Query,
+) -> Result<Response, ApiError> {
+    let sort_name = q.get("sort").unwrap_or("pushed");
+    let sort = match sort_name {
+        "pulls" => ArtifactSort::Pulls,
+        "last_pulled" => ArtifactSort::LastPulled,
+        "pushed" => ArtifactSort::Pushed,
+        "size" => ArtifactSort::Size,
+        other => {
+            return Err(bad_request(format!(
+                "?sort={other:?}: use pulls, last_pulled, pushed or size"
+            )))
+        }
+    };
+    let order = q.get("order").unwrap_or("desc");
+    let descending = match order {
+        "desc" => true,
+        "asc" => false,
+        other => return Err(bad_request(format!("?order={other:?}: use asc or desc"))),
+    };
+    let n = number(q, "n")?;
+    let offset = q
+        .get("offset")
+        .map(|o| {
+            o.parse::<u64>()
+                .map_err(|_| bad_request(format!("?offset={o:?} must be a non-negative integer")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let page = state
+        .registry
+        .artifacts(repo, sort, descending, n, offset)
+        .await?;
+    let body = json!({
+        "repository": repo.as_str(),
+        "artifacts": page.items.iter().map(artifact).collect::<Vec<_>>(),
+    });
+    let mut resp = Json(body).into_response();
+    if page.more {
+        let mut next = url::form_urlencoded::Serializer::new(String::new());
+        next.append_pair("sort", sort_name)
+            .append_pair("order", order);
+        if let Some(n) = n {
+            next.append_pair("n", &n.to_string());
+        }
+        next.append_pair("offset", &(offset + page.items.len() as u64).to_string());
+        let link = format!("<{path}?{}>; rel=\"next\"", next.finish());
+        if let Ok(v) = link.parse() {
+            resp.headers_mut().insert(axum::http::header::LINK, v);
+        }
+    }
+    Ok(resp)
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
@@ -18,9 +19,6 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::domain::{Digest, RepoName, Tag};
 use crate::storage::StoredPart;
-
-#[cfg(test)]
-mod tests;
 
 /// Errors of the metadata layer. Database text never reaches clients.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +60,12 @@ enum Backend {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$p` bound to a pool that may read.
+/// Runs `$body` with `$p` bound to a pool that may read, and reports its
+/// duration under the operation name `$op` to the query observer.
 macro_rules! on_read {
-    ($self:expr, |$p:ident| $body:expr) => {
-        match &$self.backend {
+    ($self:expr, $op:expr, |$p:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &$self.backend {
             Backend::Sqlite { read, .. } => {
                 let $p = read;
                 $body
@@ -74,14 +74,18 @@ macro_rules! on_read {
                 let $p = pg;
                 $body
             }
-        }
-    };
+        };
+        $self.observe($op, started);
+        result
+    }};
 }
 
-/// Runs `$body` with `$p` bound to a pool that may write.
+/// Runs `$body` with `$p` bound to a pool that may write, and reports its
+/// duration under the operation name `$op` to the query observer.
 macro_rules! on_write {
-    ($self:expr, |$p:ident| $body:expr) => {
-        match &$self.backend {
+    ($self:expr, $op:expr, |$p:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &$self.backend {
             Backend::Sqlite { write, .. } => {
                 let $p = write;
                 $body
@@ -90,8 +94,26 @@ macro_rules! on_write {
                 let $p = pg;
                 $body
             }
-        }
-    };
+        };
+        $self.observe($op, started);
+        result
+    }};
+}
+
+/// Told how long each metadata operation's queries took. Implemented by the
+/// metrics layer; this layer knows no metrics library.
+pub trait QueryObserver: Send + Sync {
+    fn query(&self, operation: &'static str, elapsed: Duration);
+}
+
+/// Connections of one pool, as seen at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `read`/`write` (SQLite) or `main` (PostgreSQL).
+    pub pool: &'static str,
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 /// Connection settings.
@@ -251,6 +273,7 @@ fn now_ms() -> i64 {
 #[derive(Clone)]
 pub struct Metadata {
     backend: Backend,
+    observer: Option<Arc<dyn QueryObserver>>,
 }
 
 impl Metadata {
@@ -282,6 +305,7 @@ impl Metadata {
                 .await?;
             Ok(Metadata {
                 backend: Backend::Sqlite { read, write },
+                observer: None,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pg = PgPoolOptions::new()
@@ -291,9 +315,39 @@ impl Metadata {
                 .await?;
             Ok(Metadata {
                 backend: Backend::Postgres(pg),
+                observer: None,
             })
         } else {
             Err(Error::Url(url.to_string()))
+        }
+    }
+
+    /// Reports every operation's query time to `observer` from now on (clones
+    /// made afterwards share it).
+    pub fn with_observer(mut self, observer: Arc<dyn QueryObserver>) -> Metadata {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, operation: &'static str, started: std::time::Instant) {
+        if let Some(o) = &self.observer {
+            o.query(operation, started.elapsed());
+        }
+    }
+
+    /// Size, idle and maximum connections of each pool, for the metrics scrape.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        fn stats<DB: sqlx::Database>(pool: &'static str, p: &sqlx::Pool<DB>) -> PoolStats {
+            PoolStats {
+                pool,
+                size: p.size(),
+                idle: p.num_idle() as u32,
+                max: p.options().get_max_connections(),
+            }
+        }
+        match &self.backend {
+            Backend::Sqlite { read, write } => vec![stats("read", read), stats("write", write)],
+            Backend::Postgres(pg) => vec![stats("main", pg)],
         }
     }
 
@@ -314,7 +368,7 @@ impl Metadata {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        on_read!(self, |p| sqlx::query("SELECT 1")
+        on_read!(self, "ping", |p| sqlx::query("SELECT 1")
             .execute(p)
             .await
             .map(|_| ()))?;
@@ -334,7 +388,7 @@ impl Metadata {
     // ---- repositories -------------------------------------------------------
 
     pub async fn repository_id(&self, name: &RepoName) -> Result<Option<i64>> {
-        let id = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+        let id = on_read!(self, "repository_id", |p| sqlx::query_scalar::<_, i64>(
             "SELECT id FROM repositories WHERE name = $1"
         )
         .bind(name.as_str())
@@ -348,7 +402,7 @@ impl Metadata {
         if let Some(id) = self.repository_id(name).await? {
             return Ok(id);
         }
-        let id = on_write!(self, |p| {
+        let id = on_write!(self, "ensure_repository", |p| {
             sqlx::query(
                 "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             )
@@ -366,13 +420,15 @@ impl Metadata {
 
     /// Repository names in order, after `last`, at most `n`.
     pub async fn list_repositories(&self, last: Option<&str>, n: u32) -> Result<Page> {
-        let rows = on_read!(self, |p| sqlx::query_scalar::<_, String>(
-            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2"
-        )
-        .bind(last.unwrap_or(""))
-        .bind(i64::from(n) + 1)
-        .fetch_all(p)
-        .await)?;
+        let rows = on_read!(self, "list_repositories", |p| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+            )
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(n) + 1)
+            .fetch_all(p)
+            .await
+        })?;
         Ok(page(rows, n))
     }
 
@@ -380,7 +436,7 @@ impl Metadata {
 
     /// Size of `digest` if `repo` may serve it.
     pub async fn repository_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let size = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+        let size = on_read!(self, "repository_blob", |p| sqlx::query_scalar::<_, i64>(
             "SELECT b.size FROM blobs b
                JOIN repository_blobs rb ON rb.digest = b.digest
                JOIN repositories r ON r.id = rb.repository_id
@@ -395,7 +451,7 @@ impl Metadata {
 
     /// Size of a stored blob, whichever repository holds it.
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let size = on_read!(self, |p| sqlx::query_scalar::<_, i64>(
+        let size = on_read!(self, "blob_size", |p| sqlx::query_scalar::<_, i64>(
             "SELECT size FROM blobs WHERE digest = $1"
         )
         .bind(digest.as_str())
@@ -406,7 +462,7 @@ impl Metadata {
 
     /// Records a stored, verified blob and lets `repository_id` serve it.
     pub async fn link_blob(&self, repository_id: i64, digest: &Digest, size: u64) -> Result<()> {
-        on_write!(self, |p| {
+        on_write!(self, "link_blob", |p| {
             let mut tx = p.begin().await?;
             insert_blob(&mut *tx, digest, size).await?;
             link(&mut *tx, repository_id, digest).await?;
@@ -417,7 +473,7 @@ impl Metadata {
 
     /// Stops `repo` serving `digest`; the bytes stay until garbage collection.
     pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let n = on_write!(self, |p| sqlx::query(
+        let n = on_write!(self, "unlink_blob", |p| sqlx::query(
             "DELETE FROM repository_blobs
               WHERE digest = $1 AND repository_id = (SELECT id FROM repositories WHERE name = $2)"
         )
@@ -437,7 +493,7 @@ impl Metadata {
     ) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();
         for d in digests {
-            let found = on_read!(self, |p| {
+            let found = on_read!(self, "missing_blobs", |p| {
                 sqlx::query_scalar::<_, i64>(
                 "SELECT CAST(1 AS BIGINT) FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
             )
@@ -461,7 +517,7 @@ impl Metadata {
     ) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();
         for d in digests {
-            let found = on_read!(self, |p| {
+            let found = on_read!(self, "missing_manifests", |p| {
                 sqlx::query_scalar::<_, i64>(
                 "SELECT CAST(1 AS BIGINT) FROM manifests WHERE repository_id = $1 AND digest = $2"
             )
@@ -487,7 +543,7 @@ impl Metadata {
         hash_state: &[u8],
     ) -> Result<()> {
         let now = now_ms();
-        on_write!(self, |p| {
+        on_write!(self, "create_upload", |p| {
             sqlx::query(
             "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
              VALUES ($1, $2, $3, $4, 0, $5, $5)"
@@ -506,7 +562,7 @@ impl Metadata {
 
     /// The session `id` of repository `repo`, with its parts in order.
     pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<Upload>> {
-        let row = on_read!(self, |p| sqlx::query_as::<
+        let row = on_read!(self, "upload", |p| sqlx::query_as::<
             _,
             (String, i64, String, Vec<u8>, i64),
         >(
@@ -521,7 +577,7 @@ impl Metadata {
         let Some((id, repository_id, algorithm, hash_state, size)) = row else {
             return Ok(None);
         };
-        let parts = on_read!(self, |p| {
+        let parts = on_read!(self, "upload", |p| {
             sqlx::query_as::<_, (String, i64)>(
             "SELECT object_key, size FROM upload_parts WHERE upload_id = $1 ORDER BY start_offset"
         )
@@ -556,7 +612,7 @@ impl Metadata {
         part: &StoredPart,
         hash_state: &[u8],
     ) -> Result<bool> {
-        let ok = on_write!(self, |p| {
+        let ok = on_write!(self, "append_upload", |p| {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
                 "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3
@@ -597,7 +653,7 @@ impl Metadata {
         digest: &Digest,
         size: u64,
     ) -> Result<bool> {
-        let ok = on_write!(self, |p| {
+        let ok = on_write!(self, "finish_upload", |p| {
             let mut tx = p.begin().await?;
             sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
                 .bind(id)
@@ -623,11 +679,13 @@ impl Metadata {
         let Some(upload) = self.upload(repo, id).await? else {
             return Ok(None);
         };
-        on_write!(self, |p| sqlx::query("DELETE FROM uploads WHERE id = $1")
-            .bind(id)
-            .execute(p)
-            .await
-            .map(|_| ()))?;
+        on_write!(self, "delete_upload", |p| sqlx::query(
+            "DELETE FROM uploads WHERE id = $1"
+        )
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
         Ok(Some(upload.parts.into_iter().map(|p| p.key).collect()))
     }
 
@@ -656,7 +714,7 @@ impl Metadata {
         };
         let now = now_ms();
         let digest = m.digest.as_str();
-        let outcome = on_write!(self, |p| {
+        let outcome = on_write!(self, "put_manifest", |p| {
             let mut tx = p.begin().await?;
             insert_blob(&mut *tx, &m.digest, m.size).await?;
             sqlx::query(
@@ -805,15 +863,21 @@ impl Metadata {
     ) -> Result<()> {
         let now = now_ms();
         for e in events {
-            on_write!(self, |p| insert_event(p, repository_id, e, actor, now)
-                .await)?;
+            on_write!(self, "record_tag_events", |p| insert_event(
+                p,
+                repository_id,
+                e,
+                actor,
+                now
+            )
+            .await)?;
         }
         Ok(())
     }
 
     /// The manifest `tag` points at in `repo`.
     pub async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>> {
-        let row = on_read!(self, |p| {
+        let row = on_read!(self, "resolve_tag", |p| {
             sqlx::query_as::<_, (String, String, i64)>(
             "SELECT m.digest, m.media_type, m.size
                FROM tags t
@@ -834,7 +898,10 @@ impl Metadata {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>> {
-        let row = on_read!(self, |p| sqlx::query_as::<_, (String, String, i64)>(
+        let row = on_read!(self, "manifest", |p| sqlx::query_as::<
+            _,
+            (String, String, i64),
+        >(
             "SELECT m.digest, m.media_type, m.size
                FROM manifests m JOIN repositories r ON r.id = m.repository_id
               WHERE r.name = $1 AND m.digest = $2"
@@ -861,7 +928,7 @@ impl Metadata {
             return Ok(DeleteOutcome::NotFound);
         };
         let now = now_ms();
-        let outcome = on_write!(self, |p| {
+        let outcome = on_write!(self, "delete_manifest", |p| {
             async {
             let mut tx = p.begin().await?;
             let tags = sqlx::query_scalar::<_, String>(
@@ -932,7 +999,7 @@ impl Metadata {
             return Ok(DeleteOutcome::NotFound);
         };
         let now = now_ms();
-        let outcome = on_write!(self, |p| async {
+        let outcome = on_write!(self, "delete_tag", |p| async {
             let mut tx = p.begin().await?;
             let held = sqlx::query_scalar::<_, String>(
                 "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
@@ -985,7 +1052,7 @@ impl Metadata {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let rows = on_read!(self, |p| sqlx::query_as::<
+        let rows = on_read!(self, "tag_history", |p| sqlx::query_as::<
             _,
             (i64, String, String, Option<String>, String, String, i64),
         >(
@@ -1026,7 +1093,7 @@ impl Metadata {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let row = on_read!(self, |p| sqlx::query_as::<
+        let row = on_read!(self, "tag_at", |p| sqlx::query_as::<
             _,
             (i64, String, String, Option<String>, String, String, i64),
         >(
@@ -1063,7 +1130,7 @@ impl Metadata {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let rows = on_read!(self, |p| {
+        let rows = on_read!(self, "list_tags", |p| {
             sqlx::query_scalar::<_, String>(
             "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3"
         )
@@ -1078,7 +1145,7 @@ impl Metadata {
 
     /// Manifests of `repo` whose subject is `subject`, oldest first.
     pub async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>> {
-        let rows = on_read!(self, |p| sqlx::query_as::<
+        let rows = on_read!(self, "referrers", |p| sqlx::query_as::<
             _,
             (String, String, i64, Option<String>, Option<String>),
         >(
@@ -1202,3 +1269,9 @@ where
     .await?;
     Ok(())
 }
+
+// After the macros it uses.
+mod pulls;
+pub use pulls::{
+    ArtifactSort, ArtifactStats, PullCount, RepositoryPulls, RepositoryStats, TagStats,
+};

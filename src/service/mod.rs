@@ -6,11 +6,15 @@
 //! committed.** A crash between the two leaves unreferenced bytes (reclaimed by
 //! garbage collection), never a row pointing at missing content.
 
+mod pull_stats;
 mod registry;
+mod stats;
 
+pub use pull_stats::{FlushFailed, PullStats};
 pub use registry::{
     BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry, UploadProgress,
 };
+pub use stats::ArtifactPage;
 
 use crate::domain::manifest::ManifestError;
 use crate::domain::{Digest, NameError, RangeError, RepoName};

@@ -14,7 +14,7 @@ use crate::metadata::{
     TagAction, TagBinding, TagEvent, TagGuard, TagHistoryEntry,
 };
 use crate::policy::{self, Decision, RuleSet};
-use crate::storage::{BlobStore, ByteStream, StoredPart};
+use crate::storage::{ByteStream, MeteredStore, StoredPart};
 
 /// Limits applied to pushes.
 #[derive(Debug, Clone)]
@@ -78,18 +78,40 @@ pub struct ReferrersQuery {
 #[derive(Clone)]
 pub struct Registry {
     meta: Metadata,
-    blobs: BlobStore,
+    blobs: MeteredStore,
     limits: Limits,
     rules: Arc<RuleSet>,
+    /// Manifest bytes by digest. Content-addressed bytes never change, so the
+    /// cache needs no invalidation; whether a repository may serve a digest is
+    /// still asked of the database on every request.
+    manifests: Arc<quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>>,
 }
 
+/// Weighs cached manifests by their size, so the cache is bounded in bytes.
+#[derive(Clone)]
+struct ManifestWeight;
+
+impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
+    fn weight(&self, _: &Digest, bytes: &Bytes) -> u64 {
+        bytes.len() as u64 + 64
+    }
+}
+
+/// Bytes of manifests kept in memory.
+const MANIFEST_CACHE_BYTES: u64 = 32 << 20;
+
 impl Registry {
-    pub fn new(meta: Metadata, blobs: BlobStore, limits: Limits, rules: RuleSet) -> Registry {
+    pub fn new(meta: Metadata, blobs: MeteredStore, limits: Limits, rules: RuleSet) -> Registry {
         Registry {
             meta,
             blobs,
             limits,
             rules: Arc::new(rules),
+            manifests: Arc::new(quick_cache::sync::Cache::with_weighter(
+                4096,
+                MANIFEST_CACHE_BYTES,
+                ManifestWeight,
+            )),
         }
     }
 
@@ -117,6 +139,13 @@ impl Registry {
 
     pub fn metadata(&self) -> &Metadata {
         &self.meta
+    }
+
+    /// Whether the database and the object store both answer (readiness).
+    pub async fn ready(&self) -> Result<()> {
+        self.meta.ping().await?;
+        self.blobs.probe().await?;
+        Ok(())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -498,8 +527,8 @@ impl Registry {
         }
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let size = bytes.len() as u64;
-        let parsed_children = parsed.clone();
-        self.blobs.put_verified(&digest, bytes).await?;
+        let parsed_for_equivalence = parsed.clone();
+        self.blobs.put_verified(&digest, bytes.clone()).await?;
         let record = NewManifest {
             digest: digest.clone(),
             media_type: parsed.media_type,
@@ -527,6 +556,7 @@ impl Registry {
             .await?
         {
             PutOutcome::Stored(events) => {
+                self.manifests.insert(digest.clone(), bytes);
                 for e in events {
                     tracing::info!(tag = %e.tag, action = e.action.as_str(), digest = %e.digest, rule = %e.rule, "tag event");
                 }
@@ -538,7 +568,7 @@ impl Registry {
                         .accept_equivalent_index(
                             repo_id,
                             &record,
-                            &parsed_children,
+                            &parsed_for_equivalence,
                             &bindings,
                             &denied,
                             actor,
@@ -659,7 +689,14 @@ impl Registry {
             .digest
             .parse()
             .map_err(|_| metadata::Error::Corrupt(format!("manifest digest {}", record.digest)))?;
-        let bytes = self.blobs.read(&digest).await?;
+        let bytes = match self.manifests.get(&digest) {
+            Some(b) => b,
+            None => {
+                let b = self.blobs.read(&digest).await?;
+                self.manifests.insert(digest, b.clone());
+                b
+            }
+        };
         Ok(ManifestContent { record, bytes })
     }
 

@@ -26,6 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::domain::{ByteRange, Digest, Hasher};
 
+mod metered;
+pub use metered::{MeteredStore, StoreObserver};
+
 /// Errors of the blob store. Messages never reach clients (they may name keys).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

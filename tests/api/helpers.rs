@@ -245,9 +245,25 @@ pub async fn error_code(r: Response) -> String {
         .to_string()
 }
 
-/// Runs each listed async test body against SQLite and against PostgreSQL.
+/// Runs each listed async test body against SQLite and against PostgreSQL;
+/// `both!(with tweak: a, b)` starts the registry with its configuration
+/// adjusted by the function `tweak` (a sibling of the test bodies).
 #[macro_export]
 macro_rules! both {
+    (with $tweak:ident: $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Db::Sqlite, super::$tweak).await).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Db::Postgres, super::$tweak).await).await
+                }
+            }
+        )*
+    };
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {

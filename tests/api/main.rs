@@ -8,6 +8,7 @@ mod immutability;
 mod listing;
 mod manifests;
 mod metadata;
+mod metrics;
 mod process;
 mod protocol;
 mod uploads;
