@@ -98,6 +98,10 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter, e.g. `info` or `cairn=debug,tower_http=info`.
     pub level: String,
+    /// OTLP/HTTP endpoint receiving request spans (e.g.
+    /// `http://127.0.0.1:4318/v1/traces`); needs a build with `--features otel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -122,6 +126,7 @@ impl Default for Config {
             log: LogConfig {
                 format: "pretty".into(),
                 level: "info".into(),
+                otlp_endpoint: None,
             },
             immutability: ImmutabilityConfig::default(),
             metrics: MetricsConfig {

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use cairn::{App, Config};
 
@@ -64,22 +63,11 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-fn init_tracing(config: &Config) {
-    let filter =
-        EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
-    init_tracing(&config);
+    let _telemetry = cairn::telemetry::init(&config)?;
     match cli.command {
         Command::Serve => {
             let app = App::build(&config).await?;

@@ -285,3 +285,75 @@ async fn two_processes_race_for_one_immutable_tag_on_postgres() {
         assert_eq!(r.headers()["docker-content-digest"], winners[0].as_str());
     }
 }
+
+/// Built with `--features otel` and given `log.otlp_endpoint`, the server exports
+/// its request spans over OTLP/HTTP; a stand-in collector receives them.
+#[cfg(feature = "otel")]
+#[tokio::test]
+async fn request_spans_are_exported_over_otlp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("collector");
+    let endpoint = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+    let collector = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("export connection");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let (head_len, body_len) = loop {
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "collector connection closed early");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .expect("content-length");
+                break (i + 4, len);
+            }
+        };
+        while buf.len() < head_len + body_len {
+            let n = conn.read(&mut chunk).await.expect("read body");
+            assert!(n > 0, "collector connection closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("reply");
+        let request_line =
+            String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == b'\r').unwrap_or(0)])
+                .to_string();
+        (request_line, buf[head_len..head_len + body_len].to_vec())
+    });
+
+    let server = Server::start_with(&[("CAIRN_LOG__OTLP_ENDPOINT", endpoint.as_str())]);
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = client
+            .get(format!("{}/v2/", server.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+    }
+    // A graceful stop flushes the batch of spans.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (request_line, body) = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("spans exported within 30 s")
+        .expect("collector");
+    assert!(
+        request_line.starts_with("POST /v1/traces"),
+        "{request_line}"
+    );
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"cairn"), "the resource names the service");
+    assert!(has(b"request"), "the request span is exported");
+}
