@@ -3,8 +3,8 @@
 # (PostgreSQL, skopeo, podman, buildah, oras), starts a PostgreSQL server on
 # 127.0.0.1:5432 if none answers there, then runs formatting, lint and every test.
 #
-# Environment:
-#   CI=true                  a missing PostgreSQL or client tool is a failure
+# A missing PostgreSQL or client tool is always a failure, never a skip (with
+# CI=true as without). Environment:
 #   CAIRN_TEST_POSTGRES_URL  use this server instead of starting one
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,18 +46,18 @@ if ! pg_up; then
   pgdata="$root/target/pgdata"
   mkdir -p "$root/target"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
-    rm -rf "$pgdata"; mkdir -p "$pgdata"; chown postgres "$pgdata"
+    rm -rf "$pgdata"; mkdir -p "$pgdata"; as_root chown postgres "$pgdata"
     pwfile=$(mktemp); echo postgres > "$pwfile"; chmod 644 "$pwfile"
-    runuser -u postgres -- "$pgbin/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" -A scram-sha-256 >/dev/null
+    as_root runuser -u postgres -- "$pgbin/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" -A scram-sha-256 >/dev/null
     rm -f "$pwfile"
   fi
-  runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
+  as_root runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
     -o "-c listen_addresses=127.0.0.1 -p 5432 -k /tmp -c max_connections=300 -c fsync=off" start >/dev/null
 fi
 for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 pg_up || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
 # Each test creates its own database; drop those of earlier runs.
-PGPASSWORD= psql "$CAIRN_TEST_POSTGRES_URL" -Atqc \
+psql "$CAIRN_TEST_POSTGRES_URL" -Atqc \
   "SELECT datname FROM pg_database WHERE datname LIKE 'cairn\_test\_%'" 2>/dev/null |
   while read -r db; do psql "$CAIRN_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
 

@@ -260,6 +260,11 @@ impl From<service::Error> for ApiError {
                     .with_status(StatusCode::CONFLICT)
                     .with_detail(detail)
             }
+            // Bytes the metadata names are missing: an inconsistency, not
+            // something a retry fixes.
+            E::Storage(ref s @ crate::storage::Error::NotFound(_)) => {
+                ApiError::internal(Code::Internal, s)
+            }
             E::Storage(ref s) => ApiError::internal(Code::Unavailable, s),
             E::Metadata(ref m) if m.is_unavailable() => ApiError::internal(Code::Unavailable, m),
             E::Metadata(ref m) => ApiError::internal(Code::Internal, m),

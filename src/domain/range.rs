@@ -104,7 +104,8 @@ impl ContentRange {
             x.parse().map_err(|_| bad())
         };
         let (start, end) = (num(a)?, num(b)?);
-        if end < start {
+        // `end` is inclusive: u64::MAX would make the length overflow.
+        if end < start || end == u64::MAX {
             return Err(bad());
         }
         Ok(ContentRange { start, end })
@@ -163,6 +164,7 @@ mod tests {
         assert!(ContentRange::parse("5-1").is_err());
         assert!(ContentRange::parse("-1").is_err());
         assert!(ContentRange::parse("a-b").is_err());
+        assert!(ContentRange::parse("0-18446744073709551615").is_err());
     }
 
     proptest! {

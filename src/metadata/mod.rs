@@ -37,12 +37,18 @@ impl Error {
     /// Whether the database is unreachable or overloaded (retryable), rather than
     /// a bug: the API answers those with 503.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            )
-        )
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
+            ) => true,
+            // A deadlock or serialization failure (PostgreSQL) and a busy
+            // database (SQLite) succeed when retried.
+            Error::Database(sqlx::Error::Database(db)) => matches!(
+                db.code().as_deref(),
+                Some("40P01" | "40001" | "5" | "6" | "517")
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -229,6 +235,9 @@ pub struct DeniedTag {
     /// The digest the tag holds (or is pinned to).
     pub held: String,
     pub rule: String,
+    /// For deletes: the content the held manifest needs that the request would
+    /// remove (a layer, or a child of an index), when it is not `held` itself.
+    pub needs: Option<String>,
 }
 
 /// Result of a manifest push.
@@ -422,7 +431,13 @@ impl Metadata {
     pub async fn list_repositories(&self, last: Option<&str>, n: u32) -> Result<Page> {
         let rows = on_read!(self, "list_repositories", |p| {
             sqlx::query_scalar::<_, String>(
-                "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+                // Repositories with content: a session that was never finished,
+                // or a refused push, leaves no name in the catalog.
+                "SELECT r.name FROM repositories r
+                  WHERE r.name > $1
+                    AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+                         OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))
+                  ORDER BY r.name LIMIT $2",
             )
             .bind(last.unwrap_or(""))
             .bind(i64::from(n) + 1)
@@ -472,17 +487,61 @@ impl Metadata {
     }
 
     /// Stops `repo` serving `digest`; the bytes stay until garbage collection.
-    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let n = on_write!(self, "unlink_blob", |p| sqlx::query(
-            "DELETE FROM repository_blobs
-              WHERE digest = $1 AND repository_id = (SELECT id FROM repositories WHERE name = $2)"
-        )
-        .bind(digest.as_str())
-        .bind(repo.as_str())
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(n > 0)
+    ///
+    /// Refused when `guard` keeps a tag whose manifest needs the blob (directly,
+    /// or through an index listing that manifest): content behind an immutable
+    /// tag stays pullable. Check and delete share one transaction.
+    pub async fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        guard: &(dyn Fn(&str) -> TagGuard + Sync),
+    ) -> Result<DeleteOutcome> {
+        let Some(id) = self.repository_id(repo).await? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let outcome = on_write!(self, "unlink_blob", |p| {
+            async {
+                let mut tx = p.begin().await?;
+                let holders = sqlx::query_as::<_, (String, String)>(
+                    "SELECT t.name, t.manifest_digest FROM tags t
+                      WHERE t.repository_id = $1 AND t.manifest_digest IN (
+                        SELECT mb.manifest_digest FROM manifest_blobs mb
+                         WHERE mb.repository_id = $1 AND mb.blob_digest = $2
+                        UNION
+                        SELECT mc.parent_digest FROM manifest_children mc
+                          JOIN manifest_blobs mb
+                            ON mb.repository_id = mc.repository_id AND mb.manifest_digest = mc.child_digest
+                         WHERE mc.repository_id = $1 AND mb.blob_digest = $2)
+                      ORDER BY t.name",
+                )
+                .bind(id)
+                .bind(digest.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                let refused = kept(guard, holders, digest.as_str());
+                if !refused.is_empty() {
+                    tx.rollback().await?;
+                    return Ok::<DeleteOutcome, sqlx::Error>(DeleteOutcome::Denied(refused));
+                }
+                let n = sqlx::query(
+                    "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+                )
+                .bind(id)
+                .bind(digest.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(if n > 0 {
+                    DeleteOutcome::Deleted
+                } else {
+                    DeleteOutcome::NotFound
+                })
+            }
+            .await
+        })?;
+        Ok(outcome)
     }
 
     /// Which of `digests` `repository_id` cannot serve as blobs.
@@ -579,11 +638,15 @@ impl Metadata {
         };
         let parts = on_read!(self, "upload", |p| {
             sqlx::query_as::<_, (String, i64)>(
-            "SELECT object_key, size FROM upload_parts WHERE upload_id = $1 ORDER BY start_offset"
-        )
-        .bind(&id)
-        .fetch_all(p)
-        .await
+                // Only the parts the row's size (and so its hash state) accounts for:
+                // a chunk appended after the row was read belongs to a later state.
+                "SELECT object_key, size FROM upload_parts
+              WHERE upload_id = $1 AND start_offset < $2 ORDER BY start_offset",
+            )
+            .bind(&id)
+            .bind(size)
+            .fetch_all(p)
+            .await
         })?
         .into_iter()
         .map(|(key, size)| StoredPart {
@@ -646,25 +709,30 @@ impl Metadata {
     /// Completes upload `id`: the blob becomes visible in the repository and the
     /// session disappears, in one transaction. Returns false if the session was
     /// already gone (finished or cancelled concurrently).
+    ///
+    /// Only if the session still holds `recorded` bytes, the state the caller
+    /// verified: a chunk that arrived meanwhile makes this return false.
     pub async fn finish_upload(
         &self,
         id: &str,
         repository_id: i64,
+        recorded: u64,
         digest: &Digest,
         size: u64,
     ) -> Result<bool> {
         let ok = on_write!(self, "finish_upload", |p| {
             let mut tx = p.begin().await?;
-            sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            let n = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
                 .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let n = sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(id)
+                .bind(recorded as i64)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
             if n == 1 {
+                sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 insert_blob(&mut *tx, digest, size).await?;
                 link(&mut *tx, repository_id, digest).await?;
                 tx.commit().await?;
@@ -676,17 +744,26 @@ impl Metadata {
 
     /// Deletes upload `id` of `repo`, returning its chunks' keys for cleanup.
     pub async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<Vec<String>>> {
-        let Some(upload) = self.upload(repo, id).await? else {
+        if self.upload(repo, id).await?.is_none() {
             return Ok(None);
-        };
-        on_write!(self, "delete_upload", |p| sqlx::query(
-            "DELETE FROM uploads WHERE id = $1"
-        )
-        .bind(id)
-        .execute(p)
-        .await
-        .map(|_| ()))?;
-        Ok(Some(upload.parts.into_iter().map(|p| p.key).collect()))
+        }
+        let keys = on_write!(self, "delete_upload", |p| {
+            let mut tx = p.begin().await?;
+            // Every part, including one appended since the check above.
+            let keys = sqlx::query_scalar::<_, String>(
+                "DELETE FROM upload_parts WHERE upload_id = $1 RETURNING object_key",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<Vec<String>, sqlx::Error>(keys)
+        })?;
+        Ok(Some(keys))
     }
 
     // ---- manifests and tags -------------------------------------------------
@@ -768,12 +845,24 @@ impl Metadata {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if let Some(pin) = pin.filter(|p| p != digest) {
-                        denied.push(DeniedTag {
-                            tag: name.to_string(),
-                            held: pin,
-                            rule: t.rule.clone(),
-                        });
-                        continue;
+                        // A tag that was mutable for a while may hold another
+                        // digest than its pin; re-pushing what it holds is fine.
+                        let current = sqlx::query_scalar::<_, String>(
+                            "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
+                        )
+                        .bind(repository_id)
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if current.as_deref() != Some(digest) {
+                            denied.push(DeniedTag {
+                                tag: name.to_string(),
+                                held: current.unwrap_or(pin),
+                                rule: t.rule.clone(),
+                                needs: None,
+                            });
+                            continue;
+                        }
                     }
                 }
                 let inserted = sqlx::query(
@@ -804,6 +893,7 @@ impl Metadata {
                             tag: name.to_string(),
                             held,
                             rule: t.rule.clone(),
+                            needs: None,
                         });
                         continue;
                     } else {
@@ -930,59 +1020,73 @@ impl Metadata {
         let now = now_ms();
         let outcome = on_write!(self, "delete_manifest", |p| {
             async {
-            let mut tx = p.begin().await?;
-            let tags = sqlx::query_scalar::<_, String>(
-                "SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2 ORDER BY name",
+                let mut tx = p.begin().await?;
+                // Deleting first and judging what was deleted leaves no window: a tag
+                // bound to this manifest by a concurrent push is either returned here
+                // or its push fails on the manifest row removed below.
+                let mut tags = sqlx::query_scalar::<_, String>(
+                "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2 RETURNING name",
             )
             .bind(id)
             .bind(digest.as_str())
             .fetch_all(&mut *tx)
             .await?;
-            let mut refused = Vec::new();
-            let mut rules = Vec::new();
-            for t in &tags {
-                match guard(t) {
-                    TagGuard::Keep { rule } => refused.push(DeniedTag {
-                        tag: t.clone(),
-                        held: digest.to_string(),
-                        rule,
-                    }),
-                    TagGuard::Allow { rule } => rules.push(rule),
-                }
-            }
-            if !refused.is_empty() {
-                tx.rollback().await?;
-                return Ok::<DeleteOutcome, sqlx::Error>(DeleteOutcome::Denied(refused));
-            }
-            sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2")
+                tags.sort();
+                // Indexes listing this manifest need it too.
+                let parents = sqlx::query_as::<_, (String, String)>(
+                    "SELECT t.name, t.manifest_digest FROM tags t
+                   JOIN manifest_children mc
+                     ON mc.repository_id = t.repository_id AND mc.parent_digest = t.manifest_digest
+                  WHERE mc.repository_id = $1 AND mc.child_digest = $2
+                  ORDER BY t.name",
+                )
                 .bind(id)
                 .bind(digest.as_str())
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-            let n = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
-                .bind(id)
-                .bind(digest.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 0 {
-                tx.rollback().await?;
-                return Ok(DeleteOutcome::NotFound);
+                let mut refused = Vec::new();
+                let mut rules = Vec::new();
+                for t in &tags {
+                    match guard(t) {
+                        TagGuard::Keep { rule } => refused.push(DeniedTag {
+                            tag: t.clone(),
+                            held: digest.to_string(),
+                            rule,
+                            needs: None,
+                        }),
+                        TagGuard::Allow { rule } => rules.push(rule),
+                    }
+                }
+                refused.extend(kept(guard, parents, digest.as_str()));
+                if !refused.is_empty() {
+                    tx.rollback().await?;
+                    return Ok::<DeleteOutcome, sqlx::Error>(DeleteOutcome::Denied(refused));
+                }
+                let n =
+                    sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+                        .bind(id)
+                        .bind(digest.as_str())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(DeleteOutcome::NotFound);
+                }
+                for (t, rule) in tags.iter().zip(rules) {
+                    let e = TagEvent {
+                        tag: t.clone(),
+                        action: TagAction::Deleted,
+                        digest: digest.to_string(),
+                        previous_digest: None,
+                        rule,
+                    };
+                    insert_event(&mut *tx, id, &e, actor, now).await?;
+                }
+                tx.commit().await?;
+                Ok(DeleteOutcome::Deleted)
             }
-            for (t, rule) in tags.iter().zip(rules) {
-                let e = TagEvent {
-                    tag: t.clone(),
-                    action: TagAction::Deleted,
-                    digest: digest.to_string(),
-                    previous_digest: None,
-                    rule,
-                };
-                insert_event(&mut *tx, id, &e, actor, now).await?;
-            }
-            tx.commit().await?;
-            Ok(DeleteOutcome::Deleted)
-        }
-        .await
+            .await
         })?;
         Ok(outcome)
     }
@@ -1017,6 +1121,7 @@ impl Metadata {
                         tag: tag.to_string(),
                         held,
                         rule,
+                        needs: None,
                     }]))
                 }
                 TagGuard::Allow { rule } => rule,
@@ -1093,19 +1198,21 @@ impl Metadata {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let row = on_read!(self, "tag_at", |p| sqlx::query_as::<
+        let row = on_read!(self, "tag_at", |p| {
+            sqlx::query_as::<
             _,
             (i64, String, String, Option<String>, String, String, i64),
         >(
             "SELECT id, action, digest, previous_digest, rule, actor, at FROM tag_events
-              WHERE repository_id = $1 AND tag = $2 AND at <= $3 AND action <> 'denied'
+              WHERE repository_id = $1 AND tag = $2 AND at <= $3 AND action NOT IN ('denied', 'equivalent')
               ORDER BY id DESC LIMIT 1"
         )
         .bind(id)
         .bind(tag)
         .bind(at_ms)
         .fetch_optional(p)
-        .await)?;
+        .await
+        })?;
         Ok(row.filter(|r| r.1 != "deleted").map(
             |(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
                 id,
@@ -1174,6 +1281,27 @@ impl Metadata {
             })
             .collect()
     }
+}
+
+/// The tags among `holders` (tag, manifest digest) that `guard` keeps, as
+/// refusals of removing `needed` from under them.
+fn kept(
+    guard: &(dyn Fn(&str) -> TagGuard + Sync),
+    holders: Vec<(String, String)>,
+    needed: &str,
+) -> Vec<DeniedTag> {
+    holders
+        .into_iter()
+        .filter_map(|(tag, held)| match guard(&tag) {
+            TagGuard::Keep { rule } => Some(DeniedTag {
+                needs: (held != needed).then(|| needed.to_string()),
+                tag,
+                held,
+                rule,
+            }),
+            TagGuard::Allow { .. } => None,
+        })
+        .collect()
 }
 
 fn record((digest, media_type, size): (String, String, i64)) -> ManifestRecord {

@@ -107,13 +107,24 @@ fn denied_message(
                 t.held,
                 new
             ),
-            None => format!(
-                "tag {:?} in {:?} is immutable (rule {:?}): it holds {} and cannot be deleted",
-                t.tag,
-                repo.as_str(),
-                t.rule,
-                t.held
-            ),
+            None => match &t.needs {
+                None => format!(
+                    "tag {:?} in {:?} is immutable (rule {:?}): it holds {} and cannot be deleted",
+                    t.tag,
+                    repo.as_str(),
+                    t.rule,
+                    t.held
+                ),
+                Some(needed) => format!(
+                    "tag {:?} in {:?} is immutable (rule {:?}): it holds {}, which needs {}, so {} cannot be deleted",
+                    t.tag,
+                    repo.as_str(),
+                    t.rule,
+                    t.held,
+                    needed,
+                    needed
+                ),
+            },
         })
         .collect::<Vec<_>>()
         .join("; ")

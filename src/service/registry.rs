@@ -191,13 +191,19 @@ impl Registry {
         Ok(self.blobs.stream(&blob.digest, range).await?)
     }
 
-    /// Removes the blob from `repo` (end-10); the bytes stay for other
-    /// repositories and until garbage collection.
+    /// Removes the blob from `repo` (end-10), unless a manifest held by an
+    /// immutable tag needs it; the bytes stay for other repositories and until
+    /// garbage collection.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        if self.meta.unlink_blob(repo, digest).await? {
-            Ok(())
-        } else {
-            Err(Error::BlobUnknown(digest.clone()))
+        let guard = self.guard(repo);
+        match self.meta.unlink_blob(repo, digest, &guard).await? {
+            DeleteOutcome::Deleted => Ok(()),
+            DeleteOutcome::NotFound => Err(Error::BlobUnknown(digest.clone())),
+            DeleteOutcome::Denied(tags) => Err(Error::Denied {
+                repository: repo.clone(),
+                attempted: None,
+                tags,
+            }),
         }
     }
 
@@ -405,14 +411,31 @@ impl Registry {
             .blobs
             .write_part(&u.id, u.size, body, &mut hasher, limit)
             .await?;
-        let mut parts = u.parts.clone();
-        parts.extend(last.clone());
-        let size: u64 = parts.iter().map(|p| p.size).sum();
         let discard_last = || async {
             if let Some(l) = &last {
                 self.blobs.delete_parts(std::slice::from_ref(&l.key)).await;
             }
         };
+        if let Some(r) = range {
+            let got = last.as_ref().map_or(0, |l| l.size);
+            if got != r.len() {
+                discard_last().await;
+                return Err(Error::SizeInvalid(format!(
+                    "Content-Range announced {} bytes but the body had {got}",
+                    r.len()
+                )));
+            }
+        }
+        // The parts must be exactly what the saved hash state covers.
+        if u.parts.iter().map(|p| p.size).sum::<u64>() != u.size {
+            discard_last().await;
+            return Err(
+                metadata::Error::Corrupt(format!("upload {} parts do not add up", u.id)).into(),
+            );
+        }
+        let mut parts = u.parts.clone();
+        parts.extend(last.clone());
+        let size: u64 = parts.iter().map(|p| p.size).sum();
         if digest.algorithm() == alg {
             let actual = hasher.finish();
             if &actual != digest {
@@ -436,9 +459,12 @@ impl Registry {
         }
         if !self
             .meta
-            .finish_upload(&u.id, u.repository_id, digest, size)
+            .finish_upload(&u.id, u.repository_id, u.size, digest, size)
             .await?
         {
+            // Cancelled, finished or extended by another request meanwhile. The
+            // blob stored above is still exactly its digest's bytes.
+            discard_last().await;
             return Err(Error::UploadUnknown(id.to_string()));
         }
         self.blobs.delete_parts(&keys(&parts)).await;
@@ -525,6 +551,9 @@ impl Registry {
                 tags.push(t.clone());
             }
         }
+        // One global order for claiming tags: two pushes binding the same tags
+        // in opposite orders must not deadlock each other (PostgreSQL).
+        tags.sort();
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let size = bytes.len() as u64;
         let parsed_for_equivalence = parsed.clone();

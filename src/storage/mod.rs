@@ -131,10 +131,19 @@ impl BlobStore {
         let file = key
             .parts()
             .fold(root.clone(), |p, part| p.join(part.as_ref()));
+        let root = root.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::File::open(&file)?.sync_all()?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
+            // Every directory up to the root: any of them may have just been
+            // created (a new `blobs/sha256/ab/`), and its entry in its parent
+            // must be durable too. An unchanged directory syncs at no cost.
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                std::fs::File::open(d)?.sync_all()?;
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
             }
             Ok(())
         })
@@ -300,15 +309,17 @@ impl BlobStore {
             return Ok(Err(actual));
         }
         let total: u64 = parts.iter().map(|p| p.size).sum();
-        if total == 0 {
-            self.store
-                .put(&Self::blob_path(expected), PutPayload::new())
-                .await?;
+        let target = Self::blob_path(expected);
+        let placed = if total == 0 {
+            self.store.put(&target, PutPayload::new()).await.map(|_| ())
         } else {
-            self.store
-                .rename(&staging, &Self::blob_path(expected))
-                .await?;
+            self.store.rename(&staging, &target).await
+        };
+        if let Err(e) = placed {
+            let _ = self.store.delete(&staging).await;
+            return Err(e.into());
         }
+        self.sync(&target).await?;
         Ok(Ok(()))
     }
 

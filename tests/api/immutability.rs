@@ -482,6 +482,17 @@ async fn rebuilt_buildkit_index_is_equivalent_when_enabled(app: TestApp) {
         history(&on, repo, "v1").await[0],
         ("equivalent".to_string(), sha256(&rebuilt))
     );
+    // `?at=` answers what the tag held, not the equivalent index.
+    let v: Value = on
+        .get(&format!(
+            "/api/v1/repositories/{repo}/tags/v1?at={}",
+            time_now()
+        ))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["digest"], sha256(&first).as_str());
     // Other platform images are still refused.
     assert_eq!(
         on.put_manifest(repo, "v1", index, &different)
@@ -491,7 +502,91 @@ async fn rebuilt_buildkit_index_is_equivalent_when_enabled(app: TestApp) {
     );
 }
 
+/// Layers and index children that an immutable tag needs cannot be deleted out
+/// from under it; content nothing immutable needs deletes as the spec says.
+async fn content_behind_an_immutable_tag_cannot_be_deleted(app: TestApp) {
+    let repo = "content";
+    let layer = b"layer bytes";
+    let ld = app.push_blob(repo, layer).await;
+    let config = br#"{"c":1}"#;
+    let cd = app.push_blob(repo, config).await;
+    let m = image_manifest(&cd, config.len(), &[(ld.clone(), layer.len())], None, None);
+    let md = sha256(&m);
+    assert_eq!(
+        app.put_manifest(repo, &md, OCI_MANIFEST, &m).await.status(),
+        201
+    );
+    let index = index_of(&[(&md, false)]);
+    let xd = sha256(&index);
+    let r = app
+        .put_manifest(repo, "v1", crate::helpers::OCI_INDEX, &index)
+        .await;
+    assert_eq!(r.status(), 201);
+
+    let r = app.delete(&format!("/v2/{repo}/blobs/{ld}")).await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(
+        body["errors"][0]["message"],
+        format!(
+            "tag \"v1\" in \"content\" is immutable (rule \"default\"): it holds {xd}, which needs {ld}, so {ld} cannot be deleted"
+        )
+    );
+    let r = app.delete(&format!("/v2/{repo}/manifests/{md}")).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "DENIED");
+    assert_eq!(
+        app.get(&format!("/v2/{repo}/blobs/{ld}")).await.status(),
+        200
+    );
+    assert_eq!(
+        app.head(&format!("/v2/{repo}/manifests/{md}"))
+            .await
+            .status(),
+        200
+    );
+
+    // An untagged manifest's layers delete as the spec says.
+    let other = b"other layer";
+    let od = app.push_blob(repo, other).await;
+    let m2 = image_manifest(&cd, config.len(), &[(od.clone(), other.len())], None, None);
+    let r = app
+        .put_manifest(repo, &sha256(&m2), OCI_MANIFEST, &m2)
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        app.delete(&format!("/v2/{repo}/blobs/{od}")).await.status(),
+        202
+    );
+}
+
+/// Two pushes binding the same tags in opposite orders never fail with a
+/// server error (a deadlock on PostgreSQL): one wins each tag, the other is
+/// refused.
+async fn opposite_order_multi_tag_pushes_do_not_deadlock(app: TestApp) {
+    let repo = "order";
+    for round in 0..8 {
+        let (a, da) = manifest_for(&app, repo, &format!("a{round}")).await;
+        let (b, db) = manifest_for(&app, repo, &format!("b{round}")).await;
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        let (pa, pb) = (
+            format!("{da}?tag={x}&tag={y}"),
+            format!("{db}?tag={y}&tag={x}"),
+        );
+        let (ra, rb) = tokio::join!(
+            app.put_manifest(repo, &pa, OCI_MANIFEST, &a),
+            app.put_manifest(repo, &pb, OCI_MANIFEST, &b),
+        );
+        let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "round {round}");
+    }
+}
+
 both!(
+    content_behind_an_immutable_tag_cannot_be_deleted,
+    opposite_order_multi_tag_pushes_do_not_deadlock,
     rebuilt_buildkit_index_is_equivalent_when_enabled,
     overwrite_is_refused_and_retry_succeeds,
     multi_tag_pushes_are_atomic,

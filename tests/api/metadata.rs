@@ -106,6 +106,9 @@ async fn ensure_repository_is_idempotent(meta: &Metadata) {
     let ids = futures::future::join_all((0..8).map(|_| meta.ensure_repository(&b))).await;
     let ids: Vec<i64> = ids.into_iter().map(|r| r.unwrap()).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    for i in [id, other, ids[0]] {
+        meta.link_blob(i, &digest(b"x"), 1).await.unwrap();
+    }
     let page = meta.list_repositories(None, 100).await.unwrap();
     assert_eq!(page.items, vec!["raced", "team/app", "team/other"]);
 }
@@ -237,15 +240,42 @@ async fn finish_upload_happens_once(meta: &Metadata) {
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
 
     let (first, second) = tokio::join!(
-        meta.finish_upload("u2", repo_id, &d, 7),
-        meta.finish_upload("u2", repo_id, &d, 7)
+        meta.finish_upload("u2", repo_id, 7, &d, 7),
+        meta.finish_upload("u2", repo_id, 7, &d, 7)
     );
     let (first, second) = (first.unwrap(), second.unwrap());
     assert!(first ^ second, "exactly one finish: {first} {second}");
-    assert!(!meta.finish_upload("u2", repo_id, &d, 7).await.unwrap());
+    assert!(!meta.finish_upload("u2", repo_id, 7, &d, 7).await.unwrap());
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(7));
     assert!(meta.upload(&r, "u2").await.unwrap().is_none());
     assert!(meta.delete_upload(&r, "u2").await.unwrap().is_none());
+}
+
+/// A chunk appended after the finisher read the session makes the finish fail:
+/// the blob was verified against an older state.
+async fn finish_upload_needs_the_state_it_verified(meta: &Metadata) {
+    let r = repo("demo");
+    let repo_id = upload_session(meta, &r, "u3").await;
+    let state = Algorithm::Sha256.hasher().save();
+    assert!(meta
+        .append_upload("u3", 0, &part("uploads/u3/a", 7), &state)
+        .await
+        .unwrap());
+    let seen = meta.upload(&r, "u3").await.unwrap().unwrap();
+    assert!(meta
+        .append_upload("u3", 7, &part("uploads/u3/b", 5), &state)
+        .await
+        .unwrap());
+    let d = digest(b"content");
+    assert!(!meta
+        .finish_upload("u3", repo_id, seen.size, &d, 7)
+        .await
+        .unwrap());
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
+    let now = meta.upload(&r, "u3").await.unwrap().unwrap();
+    assert_eq!((now.size, now.parts.len()), (12, 2));
+    let keys = meta.delete_upload(&r, "u3").await.unwrap().unwrap();
+    assert_eq!(keys.len(), 2);
 }
 
 fn assert_page(p: &cairn::metadata::Page, items: &[&str], more: bool) {
@@ -255,8 +285,11 @@ fn assert_page(p: &cairn::metadata::Page, items: &[&str], more: bool) {
 
 async fn listings_paginate(meta: &Metadata) {
     for n in ["c", "a", "b/x", "b", "a-b"] {
-        meta.ensure_repository(&repo(n)).await.unwrap();
+        let id = meta.ensure_repository(&repo(n)).await.unwrap();
+        meta.link_blob(id, &digest(b"x"), 1).await.unwrap();
     }
+    // A repository with no content (an unfinished session) is not listed.
+    meta.ensure_repository(&repo("empty")).await.unwrap();
     let p = meta.list_repositories(None, 2).await.unwrap();
     assert_page(&p, &["a", "a-b"], true);
     let p = meta.list_repositories(Some("a-b"), 2).await.unwrap();
@@ -335,6 +368,7 @@ both_stores!(
     put_manifest_binds_all_tags_or_none,
     append_upload_is_optimistic,
     finish_upload_happens_once,
+    finish_upload_needs_the_state_it_verified,
     listings_paginate,
     referrers_are_found_by_subject,
 );
