@@ -67,7 +67,7 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features otel -- -D warnings
-log "cargo test"
-cargo test --locked --all-targets -- --test-threads 4
 log "cargo test --features otel (span export)"
 cargo test --locked --features otel --test api -- --test-threads 4 otlp
+log "cargo test"
+cargo test --locked --all-targets -- --test-threads 4

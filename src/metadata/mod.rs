@@ -217,7 +217,7 @@ pub struct TagEvent {
 }
 
 /// A recorded tag event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TagHistoryEntry {
     pub id: i64,
     pub action: String,
@@ -1157,11 +1157,9 @@ impl Metadata {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(None);
         };
-        let rows = on_read!(self, "tag_history", |p| sqlx::query_as::<
-            _,
-            (i64, String, String, Option<String>, String, String, i64),
-        >(
-            "SELECT id, action, digest, previous_digest, rule, actor, at FROM tag_events
+        let rows = on_read!(self, "tag_history", |p| {
+            sqlx::query_as::<_, TagHistoryEntry>(
+            "SELECT id, action, digest, previous_digest, rule, actor, at AS at_ms FROM tag_events
               WHERE repository_id = $1 AND tag = $2 AND id < $3
               ORDER BY id DESC LIMIT $4"
         )
@@ -1170,22 +1168,9 @@ impl Metadata {
         .bind(before.unwrap_or(i64::MAX))
         .bind(i64::from(n))
         .fetch_all(p)
-        .await)?;
-        Ok(Some(
-            rows.into_iter()
-                .map(
-                    |(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
-                        id,
-                        action,
-                        digest,
-                        previous_digest,
-                        rule,
-                        actor,
-                        at_ms: at,
-                    },
-                )
-                .collect(),
-        ))
+        .await
+        })?;
+        Ok(Some(rows))
     }
 
     /// The digest `tag` pointed at at time `at_ms` (`None`: not bound then).
@@ -1199,11 +1184,8 @@ impl Metadata {
             return Ok(None);
         };
         let row = on_read!(self, "tag_at", |p| {
-            sqlx::query_as::<
-            _,
-            (i64, String, String, Option<String>, String, String, i64),
-        >(
-            "SELECT id, action, digest, previous_digest, rule, actor, at FROM tag_events
+            sqlx::query_as::<_, TagHistoryEntry>(
+            "SELECT id, action, digest, previous_digest, rule, actor, at AS at_ms FROM tag_events
               WHERE repository_id = $1 AND tag = $2 AND at <= $3 AND action NOT IN ('denied', 'equivalent')
               ORDER BY id DESC LIMIT 1"
         )
@@ -1213,17 +1195,7 @@ impl Metadata {
         .fetch_optional(p)
         .await
         })?;
-        Ok(row.filter(|r| r.1 != "deleted").map(
-            |(id, action, digest, previous_digest, rule, actor, at)| TagHistoryEntry {
-                id,
-                action,
-                digest,
-                previous_digest,
-                rule,
-                actor,
-                at_ms: at,
-            },
-        ))
+        Ok(row.filter(|r| r.action != "deleted"))
     }
 
     /// Tags of `repo` in lexical order after `last`, at most `n`; `None` if the
