@@ -135,7 +135,10 @@ async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiE
             "events": events.iter().map(entry).collect::<Vec<_>>(),
         });
         let mut resp = Json(body).into_response();
-        if let (Some(limit), Some(next)) = (limit, next) {
+        // A full page may have more after it, whether or not the client chose `n`.
+        let max = reg.limits().max_page;
+        let limit = limit.unwrap_or(max).min(max);
+        if let Some(next) = next {
             if events.len() as u32 == limit {
                 let link = format!("<{path}?n={limit}&before={next}>; rel=\"next\"");
                 if let Ok(v) = link.parse() {
@@ -227,8 +230,12 @@ async fn artifacts(
     let offset = q
         .get("offset")
         .map(|o| {
-            o.parse::<u64>()
-                .map_err(|_| bad_request(format!("?offset={o:?} must be a non-negative integer")))
+            o.parse::<u32>().map(u64::from).map_err(|_| {
+                bad_request(format!(
+                    "?offset={o:?} must be an integer from 0 to {}",
+                    u32::MAX
+                ))
+            })
         })
         .transpose()?
         .unwrap_or(0);
