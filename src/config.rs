@@ -54,6 +54,9 @@ pub struct LimitsConfig {
     pub max_blob_bytes: u64,
     pub allow_sparse_manifests: bool,
     pub max_page: u32,
+    /// Upload sessions idle this long (seconds) are cancelled and their chunks
+    /// deleted; 0 keeps them forever.
+    pub upload_expiry_secs: u64,
 }
 
 /// Tag immutability rules (see `policy::immutability`). Empty: every tag is
@@ -122,6 +125,7 @@ impl Default for Config {
                 max_blob_bytes: 0,
                 allow_sparse_manifests: l.allow_sparse_manifests,
                 max_page: l.max_page,
+                upload_expiry_secs: 24 * 60 * 60,
             },
             log: LogConfig {
                 format: "pretty".into(),

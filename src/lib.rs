@@ -44,6 +44,8 @@ pub struct App {
     pulls: Option<Arc<PullStats>>,
     pull_stats_flush: Duration,
     shutdown_timeout: Duration,
+    /// Idle upload sessions are cancelled after this long (zero: never).
+    upload_expiry: Duration,
 }
 
 /// Connects to the database named in `config` and applies migrations.
@@ -110,6 +112,7 @@ impl App {
             pulls,
             pull_stats_flush: Duration::from_secs(config.metrics.pull_stats_flush_secs.max(1)),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            upload_expiry: Duration::from_secs(config.limits.upload_expiry_secs),
         })
     }
 
@@ -149,6 +152,23 @@ impl App {
                 }
             })
         });
+        let janitor = (self.upload_expiry > Duration::ZERO).then(|| {
+            let registry = self.registry.clone();
+            let ttl = self.upload_expiry;
+            // Often enough that a session outlives its expiry by at most a quarter.
+            let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    match registry.expire_uploads(ttl).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "cancelled idle upload sessions"),
+                        Err(e) => tracing::warn!(error = %e, "could not expire idle uploads"),
+                    }
+                }
+            })
+        });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let signalled = async move {
             shutdown.await;
@@ -177,6 +197,9 @@ impl App {
         };
         if let Some(m) = metrics_server {
             m.abort();
+        }
+        if let Some(j) = janitor {
+            j.abort();
         }
         if let Some(p) = &self.pulls {
             p.stop();

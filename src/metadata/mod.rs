@@ -742,6 +742,51 @@ impl Metadata {
         Ok(ok)
     }
 
+    /// Ids of upload sessions last touched before `before_ms`, at most `limit`.
+    pub async fn idle_uploads(&self, before_ms: i64, limit: u32) -> Result<Vec<String>> {
+        let ids = on_read!(self, "idle_uploads", |p| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM uploads WHERE updated_at < $1 ORDER BY updated_at LIMIT $2",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await
+        })?;
+        Ok(ids)
+    }
+
+    /// Deletes session `id` if it is still idle since before `before_ms` (a chunk
+    /// that arrived meanwhile keeps it), returning its chunks' keys.
+    pub async fn expire_upload(&self, id: &str, before_ms: i64) -> Result<Option<Vec<String>>> {
+        let keys = on_write!(self, "expire_upload", |p| {
+            async {
+                let mut tx = p.begin().await?;
+                let keys = sqlx::query_scalar::<_, String>(
+                    "SELECT object_key FROM upload_parts WHERE upload_id = $1",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let n = sqlx::query("DELETE FROM uploads WHERE id = $1 AND updated_at < $2")
+                    .bind(id)
+                    .bind(before_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok::<Option<Vec<String>>, sqlx::Error>(None);
+                }
+                // upload_parts rows go with the session (ON DELETE CASCADE).
+                tx.commit().await?;
+                Ok(Some(keys))
+            }
+            .await
+        })?;
+        Ok(keys)
+    }
+
     /// Deletes upload `id` of `repo`, returning its chunks' keys for cleanup.
     pub async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<Vec<String>>> {
         if self.upload(repo, id).await?.is_none() {

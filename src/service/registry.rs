@@ -474,6 +474,32 @@ impl Registry {
         })
     }
 
+    /// Cancels every upload session idle for longer than `ttl` and deletes its
+    /// chunks; returns how many were cancelled. Safe on any number of replicas at
+    /// once: each session is deleted by exactly one of them, and only if no chunk
+    /// arrived since it was found idle.
+    pub async fn expire_uploads(&self, ttl: std::time::Duration) -> Result<usize> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let before = now - ttl.as_millis().min(i64::MAX as u128) as i64;
+        let mut expired = 0;
+        loop {
+            let ids = self.meta.idle_uploads(before, 100).await?;
+            let batch = ids.len();
+            for id in ids {
+                if let Some(keys) = self.meta.expire_upload(&id, before).await? {
+                    self.blobs.delete_parts(&keys).await;
+                    expired += 1;
+                }
+            }
+            if batch < 100 {
+                return Ok(expired);
+            }
+        }
+    }
+
     /// Cancels an upload (end-13) and deletes its chunks.
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let keys = self

@@ -607,7 +607,49 @@ macro_rules! both_db {
     };
 }
 
-both_db!(blobs_over_the_size_limit_are_413);
+/// An upload nobody touches for `limits.upload_expiry_secs` is cancelled and its
+/// chunks are deleted from the store.
+async fn idle_uploads_expire(db: Db) {
+    let app = TestApp::spawn_with(db, |c| c.limits.upload_expiry_secs = 1).await;
+    let url = start(&app, "demo", "").await;
+    let r = patch(&app, &url, Some("0-9"), &[7u8; 10]).await;
+    assert_eq!(r.status(), 202);
+    let uploads_dir = app.dir.path().join("blobs/uploads");
+    let files = |dir: &std::path::Path| walk(dir).into_iter().filter(|p| p.is_file()).count();
+    assert_eq!(files(&uploads_dir), 1, "the chunk is stored");
+    // The janitor runs every second for a one-second expiry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = app.client.get(&url).send().await.unwrap();
+        if r.status() == 404 {
+            assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle upload did not expire"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(files(&uploads_dir), 0, "its chunk is deleted");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+both_db!(blobs_over_the_size_limit_are_413, idle_uploads_expire);
 
 both!(
     put_with_a_final_chunk_and_content_range,
