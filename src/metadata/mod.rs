@@ -271,7 +271,8 @@ pub struct Page {
     pub more: bool,
 }
 
-fn now_ms() -> i64 {
+/// Now, in the Unix milliseconds every time column holds.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

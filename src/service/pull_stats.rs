@@ -26,13 +26,6 @@ pub struct PullStats {
     on_failure: Option<FlushFailed>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl PullStats {
     pub fn new(meta: Metadata, on_failure: Option<FlushFailed>) -> PullStats {
         PullStats {
@@ -45,7 +38,7 @@ impl PullStats {
 
     /// Applies `f` to `repo`'s pending counts.
     fn with(&self, repo: &str, f: impl FnOnce(&mut RepositoryPulls, i64)) {
-        let now = now_ms();
+        let now = metadata::now_ms();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let r = match pending.get_mut(repo) {
             Some(r) => r,

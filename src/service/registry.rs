@@ -479,11 +479,7 @@ impl Registry {
     /// once: each session is deleted by exactly one of them, and only if no chunk
     /// arrived since it was found idle.
     pub async fn expire_uploads(&self, ttl: std::time::Duration) -> Result<usize> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let before = now - ttl.as_millis().min(i64::MAX as u128) as i64;
+        let before = metadata::now_ms() - ttl.as_millis().min(i64::MAX as u128) as i64;
         let mut expired = 0;
         loop {
             let ids = self.meta.idle_uploads(before, 100).await?;
@@ -582,7 +578,8 @@ impl Registry {
         tags.sort();
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let size = bytes.len() as u64;
-        let parsed_for_equivalence = parsed.clone();
+        // Kept only when the BuildKit option may need to compare it after a refusal.
+        let parsed_for_equivalence = self.rules.index_equivalence.then(|| parsed.clone());
         self.blobs.put_verified(&digest, bytes.clone()).await?;
         let record = NewManifest {
             digest: digest.clone(),
@@ -618,16 +615,9 @@ impl Registry {
                 Ok(PushedManifest { digest, subject })
             }
             PutOutcome::Denied(denied) => {
-                if self.rules.index_equivalence {
+                if let Some(new) = &parsed_for_equivalence {
                     if let Some(kept) = self
-                        .accept_equivalent_index(
-                            repo_id,
-                            &record,
-                            &parsed_for_equivalence,
-                            &bindings,
-                            &denied,
-                            actor,
-                        )
+                        .accept_equivalent_index(repo_id, &record, new, &bindings, &denied, actor)
                         .await?
                     {
                         return Ok(PushedManifest {
