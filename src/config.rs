@@ -199,6 +199,11 @@ impl Config {
         }
     }
 
+    /// The policies as recorded in the audit trail when they change.
+    pub fn policy_document(&self) -> serde_json::Value {
+        serde_json::json!({ "immutability": self.immutability })
+    }
+
     /// The compiled immutability rules; an invalid rule is an error naming it.
     pub fn rules(&self) -> Result<RuleSet, crate::policy::immutability::RuleError> {
         let mut rules = RuleSet::new(&self.immutability.rules)?;

@@ -4,6 +4,7 @@
 //! [`App::build`] wires them from a [`Config`]; `main.rs` and the tests both use it.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -91,6 +92,7 @@ impl App {
             Arc::new(PullStats::new(meta.clone(), on_failure))
         });
         let registry = Registry::new(meta, blobs, config.limits(), rules);
+        registry.record_policy(config.policy_document()).await?;
         let state = api::AppState {
             registry: registry.clone(),
             metrics,

@@ -33,6 +33,37 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The audit trail: verify its hash chain, export it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit status 1 and the first broken link if it was tampered with.
+    Verify,
+    /// Write entries as JSON lines, oldest first (all of them, or those matching the filters).
+    Export {
+        #[arg(long)]
+        repository: Option<String>,
+        #[arg(long)]
+        digest: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries at or after this time (Unix milliseconds).
+        #[arg(long)]
+        since: Option<i64>,
+        /// Only entries before this time (Unix milliseconds).
+        #[arg(long)]
+        until: Option<i64>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +130,46 @@ async fn main() -> anyhow::Result<()> {
                 "{repo}:{tag} is {} (rule {:?}: repositories {:?}, tags {:?})",
                 d.mutability, d.rule, d.repositories, d.tags
             );
+        }
+        Command::Audit { command } => {
+            let meta = cairn::open_metadata(&config).await?;
+            match command {
+                AuditCommand::Verify => {
+                    let report = cairn::cli::audit::verify(&meta).await?;
+                    meta.close().await;
+                    if report.broken.is_some() {
+                        std::process::exit(1);
+                    }
+                }
+                AuditCommand::Export {
+                    repository,
+                    digest,
+                    actor,
+                    action,
+                    since,
+                    until,
+                    output,
+                } => {
+                    let q = cairn::metadata::AuditQuery {
+                        repository,
+                        digest,
+                        actor,
+                        action,
+                        since,
+                        until,
+                        ..Default::default()
+                    };
+                    let mut out: Box<dyn std::io::Write> = match output {
+                        Some(path) => {
+                            Box::new(std::io::BufWriter::new(std::fs::File::create(path)?))
+                        }
+                        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+                    };
+                    let n = cairn::cli::audit::export(&meta, q, &mut out).await?;
+                    eprintln!("{n} audit entries exported");
+                    meta.close().await;
+                }
+            }
         }
     }
     Ok(())

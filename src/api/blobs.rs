@@ -51,7 +51,7 @@ pub(super) async fn delete(
     repo: &RepoName,
     digest: &Digest,
 ) -> Result<Response, ApiError> {
-    ctx.registry.delete_blob(repo, digest).await?;
+    ctx.registry.delete_blob(repo, digest, ctx.origin).await?;
     Ok(empty(
         StatusCode::ACCEPTED,
         &[("Docker-Content-Digest", digest.to_string())],

@@ -84,7 +84,7 @@ pub(super) async fn put(
             &tags,
             header_str(ctx.headers, &header::CONTENT_TYPE),
             bytes,
-            ctx.actor,
+            ctx.origin,
         )
         .await?;
     let mut headers = vec![
@@ -105,6 +105,6 @@ pub(super) async fn delete(
     repo: &RepoName,
     r: &Reference,
 ) -> Result<Response, ApiError> {
-    ctx.registry.delete_manifest(repo, r, ctx.actor).await?;
+    ctx.registry.delete_manifest(repo, r, ctx.origin).await?;
     Ok(empty(StatusCode::ACCEPTED, &[]))
 }

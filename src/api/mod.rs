@@ -1,6 +1,7 @@
 //! HTTP handlers of the distribution API. They parse requests into domain values,
 //! call the service layer and write responses. No SQL and no object keys here.
 
+mod audit_api;
 mod blobs;
 mod listing;
 mod manifests;
@@ -20,6 +21,7 @@ use axum::routing::{any, get};
 use axum::Router;
 
 use crate::error::{ApiError, Code};
+use crate::metadata::Origin;
 use crate::metrics::Metrics;
 use crate::service::{PullStats, Registry};
 use routes::Route;
@@ -44,6 +46,9 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/api/v1/policy/explain", get(tags_api::explain))
+        .route("/api/v1/audit", get(audit_api::query))
+        .route("/api/v1/audit/export", get(audit_api::export))
+        .route("/api/v1/audit/verify", get(audit_api::verify))
         .route("/api/v1/repositories/{*rest}", get(tags_api::repository))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(observe::readyz));
@@ -121,18 +126,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let (parts, body) = req.into_parts();
     let facts = observe::Facts::of(&route, &parts.method);
     let query = Query::parse(parts.uri.query());
-    // Until authentication exists, the actor recorded in tag history is the
-    // client's address.
-    let actor = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_string());
+    let origin = origin(&parts);
     let ctx = Ctx {
         registry: &state.registry,
         headers: &parts.headers,
         query: &query,
-        actor: &actor,
+        origin: &origin,
     };
     let m = &parts.method;
     let result = match route {
@@ -180,8 +179,30 @@ pub(crate) struct Ctx<'a> {
     pub registry: &'a Registry,
     pub headers: &'a HeaderMap,
     pub query: &'a Query,
-    /// Who is asking, as recorded in history.
-    pub actor: &'a str,
+    /// Who is asking, as recorded in tag history and the audit trail.
+    pub origin: &'a Origin,
+}
+
+/// Who sent a request, for the audit trail. Until authentication exists the
+/// actor is the client's address.
+pub(crate) fn origin(parts: &axum::http::request::Parts) -> Origin {
+    let client = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(512).collect::<String>())
+    };
+    Origin {
+        actor: client.clone().unwrap_or_else(|| "unknown".to_string()),
+        client,
+        request_id: text("x-request-id"),
+        user_agent: text("user-agent"),
+    }
 }
 
 /// end-1: the API version check.

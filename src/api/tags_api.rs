@@ -18,7 +18,7 @@ use crate::domain::{RepoName, Tag};
 use crate::error::{ApiError, Code};
 use crate::metadata::{ArtifactSort, ArtifactStats, TagHistoryEntry};
 
-fn rfc3339(ms: i64) -> String {
+pub(super) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -55,8 +55,22 @@ fn artifact(a: &ArtifactStats) -> Value {
     })
 }
 
-fn bad_request(msg: String) -> ApiError {
+pub(super) fn bad_request(msg: String) -> ApiError {
     ApiError::new(Code::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
+}
+
+/// A time query parameter: RFC 3339 (`2026-11-25T14:00:00Z`) or Unix milliseconds.
+pub(super) fn parse_time(key: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| {
+            bad_request(format!(
+                "?{key}={value:?} is not an RFC 3339 time (e.g. 2026-11-25T14:00:00Z) or Unix milliseconds: {e}"
+            ))
+        })
 }
 
 /// `GET /api/v1/policy/explain?repository=<name>&tag=<tag>`
@@ -153,14 +167,7 @@ async fn route(state: &AppState, path: &str, q: &Query) -> Result<Response, ApiE
         let tag: Tag = segs[n - 1].parse()?;
         let decision = reg.explain(&repo, tag.as_str());
         let at_ms = match q.get("at") {
-            Some(at) => {
-                let t = OffsetDateTime::parse(at, &Rfc3339).map_err(|e| {
-                    bad_request(format!(
-                        "?at={at:?} is not an RFC 3339 time (e.g. 2026-11-25T14:00:00Z): {e}"
-                    ))
-                })?;
-                (t.unix_timestamp_nanos() / 1_000_000) as i64
-            }
+            Some(at) => parse_time("at", at)?,
             None => (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
         };
         let e = reg.tag_at(&repo, &tag, at_ms).await?;

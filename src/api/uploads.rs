@@ -66,14 +66,14 @@ pub(super) async fn start(
     if let (Some(mount), Some(from)) = (ctx.query.get("mount"), ctx.query.get("from")) {
         let digest: Digest = mount.parse()?;
         let from: RepoName = from.parse()?;
-        if let Some(b) = ctx.registry.mount(repo, &digest, &from).await? {
+        if let Some(b) = ctx.registry.mount(repo, &digest, &from, ctx.origin).await? {
             return Ok(created(repo, &b));
         }
     }
     if let Some(digest) = digest_param(ctx)? {
         let b = ctx
             .registry
-            .upload_whole(repo, &digest, body.into_data_stream())
+            .upload_whole(repo, &digest, body.into_data_stream(), ctx.origin)
             .await?;
         return Ok(created(repo, &b));
     }
@@ -129,6 +129,7 @@ pub(super) async fn put(
             range,
             content_length(ctx),
             body.into_data_stream(),
+            ctx.origin,
         )
         .await?;
     Ok(created(repo, &b))

@@ -8,6 +8,7 @@ pub mod digest;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod provenance;
 pub mod range;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};

@@ -477,11 +477,21 @@ impl Metadata {
     }
 
     /// Records a stored, verified blob and lets `repository_id` serve it.
-    pub async fn link_blob(&self, repository_id: i64, digest: &Digest, size: u64) -> Result<()> {
+    /// `entry` is its audit record (`blob.push` or `blob.mount`).
+    pub async fn link_blob(
+        &self,
+        repository_id: i64,
+        digest: &Digest,
+        size: u64,
+        origin: &Origin,
+        entry: AuditEntry,
+    ) -> Result<()> {
+        let entry = entry.digest(digest.as_str());
         on_write!(self, "link_blob", |p| {
             let mut tx = p.begin().await?;
             insert_blob(&mut *tx, digest, size).await?;
             link(&mut *tx, repository_id, digest).await?;
+            audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
             tx.commit().await
         })?;
         Ok(())
@@ -497,6 +507,7 @@ impl Metadata {
         repo: &RepoName,
         digest: &Digest,
         guard: &(dyn Fn(&str) -> TagGuard + Sync),
+        origin: &Origin,
     ) -> Result<DeleteOutcome> {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(DeleteOutcome::NotFound);
@@ -533,6 +544,10 @@ impl Metadata {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                if n > 0 {
+                    let e = AuditEntry::ok("blob.delete", repo.as_str()).digest(digest.as_str());
+                    audit::append(&mut *tx, origin, &[e]).await?;
+                }
                 tx.commit().await?;
                 Ok(if n > 0 {
                     DeleteOutcome::Deleted
@@ -713,6 +728,7 @@ impl Metadata {
     ///
     /// Only if the session still holds `recorded` bytes, the state the caller
     /// verified: a chunk that arrived meanwhile makes this return false.
+    #[allow(clippy::too_many_arguments)] // the upload's state, its result and its audit record
     pub async fn finish_upload(
         &self,
         id: &str,
@@ -720,7 +736,10 @@ impl Metadata {
         recorded: u64,
         digest: &Digest,
         size: u64,
+        origin: &Origin,
+        entry: AuditEntry,
     ) -> Result<bool> {
+        let entry = entry.digest(digest.as_str());
         let ok = on_write!(self, "finish_upload", |p| {
             let mut tx = p.begin().await?;
             let n = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
@@ -736,6 +755,7 @@ impl Metadata {
                     .await?;
                 insert_blob(&mut *tx, digest, size).await?;
                 link(&mut *tx, repository_id, digest).await?;
+                audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
                 tx.commit().await?;
             }
             Ok::<bool, sqlx::Error>(n == 1)
@@ -826,10 +846,12 @@ impl Metadata {
     pub async fn put_manifest(
         &self,
         repository_id: i64,
+        repo: &str,
         m: &NewManifest,
         tags: &[TagBinding],
-        actor: &str,
+        origin: &Origin,
     ) -> Result<PutOutcome> {
+        let actor = origin.actor.as_str();
         let annotations = if m.annotations.is_empty() {
             None
         } else {
@@ -983,6 +1005,17 @@ impl Metadata {
                 for e in &events {
                     insert_event(&mut *tx, repository_id, e, actor, now).await?;
                 }
+                let mut entries = vec![AuditEntry::ok("manifest.push", repo)
+                    .digest(digest)
+                    .detail(serde_json::json!({
+                        "media_type": m.media_type,
+                        "artifact_type": m.artifact_type,
+                        "subject": m.subject.as_ref().map(|s| s.as_str()),
+                        "size": m.size,
+                        "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
+                    }))];
+                entries.extend(events.iter().map(|e| tag_entry(repo, e)));
+                audit::append(&mut *tx, origin, &entries).await?;
                 tx.commit().await?;
                 Ok(PutOutcome::Stored(events))
             }
@@ -994,20 +1027,20 @@ impl Metadata {
     pub async fn record_tag_events(
         &self,
         repository_id: i64,
+        repo: &str,
         events: &[TagEvent],
-        actor: &str,
+        origin: &Origin,
     ) -> Result<()> {
         let now = now_ms();
-        for e in events {
-            on_write!(self, "record_tag_events", |p| insert_event(
-                p,
-                repository_id,
-                e,
-                actor,
-                now
-            )
-            .await)?;
-        }
+        let entries: Vec<AuditEntry> = events.iter().map(|e| tag_entry(repo, e)).collect();
+        on_write!(self, "record_tag_events", |p| {
+            let mut tx = p.begin().await?;
+            for e in events {
+                insert_event(&mut *tx, repository_id, e, &origin.actor, now).await?;
+            }
+            audit::append(&mut *tx, origin, &entries).await?;
+            tx.commit().await
+        })?;
         Ok(())
     }
 
@@ -1058,11 +1091,12 @@ impl Metadata {
         repo: &RepoName,
         digest: &Digest,
         guard: &(dyn Fn(&str) -> TagGuard + Sync),
-        actor: &str,
+        origin: &Origin,
     ) -> Result<DeleteOutcome> {
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(DeleteOutcome::NotFound);
         };
+        let actor = origin.actor.as_str();
         let now = now_ms();
         let outcome = on_write!(self, "delete_manifest", |p| {
             async {
@@ -1119,6 +1153,9 @@ impl Metadata {
                     tx.rollback().await?;
                     return Ok(DeleteOutcome::NotFound);
                 }
+                let mut entries = vec![AuditEntry::ok("manifest.delete", repo.as_str())
+                    .digest(digest.as_str())
+                    .detail(serde_json::json!({ "tags": tags }))];
                 for (t, rule) in tags.iter().zip(rules) {
                     let e = TagEvent {
                         tag: t.clone(),
@@ -1128,7 +1165,9 @@ impl Metadata {
                         rule,
                     };
                     insert_event(&mut *tx, id, &e, actor, now).await?;
+                    entries.push(tag_entry(repo.as_str(), &e));
                 }
+                audit::append(&mut *tx, origin, &entries).await?;
                 tx.commit().await?;
                 Ok(DeleteOutcome::Deleted)
             }
@@ -1143,8 +1182,9 @@ impl Metadata {
         repo: &RepoName,
         tag: &Tag,
         guard: &(dyn Fn(&str) -> TagGuard + Sync),
-        actor: &str,
+        origin: &Origin,
     ) -> Result<DeleteOutcome> {
+        let actor = origin.actor.as_str();
         let Some(id) = self.repository_id(repo).await? else {
             return Ok(DeleteOutcome::NotFound);
         };
@@ -1185,6 +1225,7 @@ impl Metadata {
                 rule,
             };
             insert_event(&mut *tx, id, &e, actor, now).await?;
+            audit::append(&mut *tx, origin, &[tag_entry(repo.as_str(), &e)]).await?;
             tx.commit().await?;
             Ok(DeleteOutcome::Deleted)
         }
@@ -1303,6 +1344,21 @@ impl Metadata {
 
 /// The tags among `holders` (tag, manifest digest) that `guard` keeps, as
 /// refusals of removing `needed` from under them.
+/// The audit entry of a tag event (`tag.created`, `tag.denied`, …).
+fn tag_entry(repo: &str, e: &TagEvent) -> AuditEntry {
+    let base = match e.action {
+        TagAction::Created => AuditEntry::ok("tag.created", repo),
+        TagAction::Moved => AuditEntry::ok("tag.moved", repo),
+        TagAction::Repushed => AuditEntry::ok("tag.repushed", repo),
+        TagAction::Denied => AuditEntry::denied("tag.denied", repo),
+        TagAction::Deleted => AuditEntry::ok("tag.deleted", repo),
+        TagAction::Equivalent => AuditEntry::ok("tag.equivalent", repo),
+    };
+    base.tag(e.tag.as_str())
+        .digest(e.digest.as_str())
+        .detail(serde_json::json!({ "previous": e.previous_digest, "rule": e.rule }))
+}
+
 fn kept(
     guard: &(dyn Fn(&str) -> TagGuard + Sync),
     holders: Vec<(String, String)>,
@@ -1417,7 +1473,12 @@ where
 }
 
 // After the macros it uses.
+mod audit;
 mod pulls;
+
+pub use audit::{
+    chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
+};
 pub use pulls::{
     ArtifactSort, ArtifactStats, PullCount, RepositoryPulls, RepositoryStats, TagStats,
 };

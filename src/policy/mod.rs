@@ -4,5 +4,6 @@
 //! so that every refusal a client sees can name its reason.
 
 pub mod immutability;
+pub mod retention;
 
 pub use immutability::{equivalent_indexes, Decision, Mutability, RuleSet, RuleSpec};

@@ -6,6 +6,7 @@
 //! committed.** A crash between the two leaves unreferenced bytes (reclaimed by
 //! garbage collection), never a row pointing at missing content.
 
+mod audit;
 mod pull_stats;
 mod registry;
 mod stats;

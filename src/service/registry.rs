@@ -10,8 +10,8 @@ use crate::domain::{
     manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName, Tag,
 };
 use crate::metadata::{
-    self, DeleteOutcome, ManifestRecord, Metadata, NewManifest, Page, PutOutcome, Referrer,
-    TagAction, TagBinding, TagEvent, TagGuard, TagHistoryEntry,
+    self, AuditEntry, DeleteOutcome, ManifestRecord, Metadata, NewManifest, Origin, Page,
+    PutOutcome, Referrer, TagAction, TagBinding, TagEvent, TagGuard, TagHistoryEntry,
 };
 use crate::policy::{self, Decision, RuleSet};
 use crate::storage::{ByteStream, MeteredStore, StoredPart};
@@ -194,17 +194,50 @@ impl Registry {
     /// Removes the blob from `repo` (end-10), unless a manifest held by an
     /// immutable tag needs it; the bytes stay for other repositories and until
     /// garbage collection.
-    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+    pub async fn delete_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        origin: &Origin,
+    ) -> Result<()> {
         let guard = self.guard(repo);
-        match self.meta.unlink_blob(repo, digest, &guard).await? {
+        match self.meta.unlink_blob(repo, digest, &guard, origin).await? {
             DeleteOutcome::Deleted => Ok(()),
             DeleteOutcome::NotFound => Err(Error::BlobUnknown(digest.clone())),
-            DeleteOutcome::Denied(tags) => Err(Error::Denied {
-                repository: repo.clone(),
-                attempted: None,
-                tags,
-            }),
+            DeleteOutcome::Denied(tags) => {
+                self.audit_denied("blob.delete", repo, digest.as_str(), &tags, origin)
+                    .await?;
+                Err(Error::Denied {
+                    repository: repo.clone(),
+                    attempted: None,
+                    tags,
+                })
+            }
         }
+    }
+
+    /// Records a refused delete in the audit trail (the delete itself rolled back).
+    async fn audit_denied(
+        &self,
+        action: &'static str,
+        repo: &RepoName,
+        target: &str,
+        tags: &[metadata::DeniedTag],
+        origin: &Origin,
+    ) -> Result<()> {
+        let detail: Vec<serde_json::Value> = tags
+            .iter()
+            .map(|t| serde_json::json!({ "tag": t.tag, "held": t.held, "rule": t.rule, "needs": t.needs }))
+            .collect();
+        let mut e = AuditEntry::denied(action, repo.as_str())
+            .detail(serde_json::json!({ "kept_by": detail }));
+        if target.contains(':') {
+            e = e.digest(target);
+        } else {
+            e = e.tag(target);
+        }
+        self.meta.audit_append(origin, &[e]).await?;
+        Ok(())
     }
 
     // ---- uploads (end-4a/b, end-5, end-6, end-11, end-13) -------------------
@@ -230,12 +263,17 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         from: &RepoName,
+        origin: &Origin,
     ) -> Result<Option<BlobLocation>> {
         let Some(size) = self.meta.repository_blob(from, digest).await? else {
             return Ok(None);
         };
         let repo_id = self.meta.ensure_repository(repo).await?;
-        self.meta.link_blob(repo_id, digest, size).await?;
+        let entry = AuditEntry::ok("blob.mount", repo.as_str())
+            .detail(serde_json::json!({ "from": from.as_str(), "size": size }));
+        self.meta
+            .link_blob(repo_id, digest, size, origin, entry)
+            .await?;
         Ok(Some(BlobLocation {
             digest: digest.clone(),
             size,
@@ -248,6 +286,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         body: S,
+        origin: &Origin,
     ) -> Result<BlobLocation>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -271,7 +310,11 @@ impl Registry {
             });
         }
         self.blobs.commit_parts(&parts, digest).await?;
-        self.meta.link_blob(repo_id, digest, size).await?;
+        let entry = AuditEntry::ok("blob.push", repo.as_str())
+            .detail(serde_json::json!({ "size": size, "upload": "monolithic" }));
+        self.meta
+            .link_blob(repo_id, digest, size, origin, entry)
+            .await?;
         self.blobs.delete_parts(&keys(&parts)).await;
         Ok(BlobLocation {
             digest: digest.clone(),
@@ -390,6 +433,7 @@ impl Registry {
     }
 
     /// Completes an upload (end-6), with an optional last chunk in the body.
+    #[allow(clippy::too_many_arguments)] // the request's parts, as the handler parsed them
     pub async fn finish_upload<S, E>(
         &self,
         repo: &RepoName,
@@ -398,6 +442,7 @@ impl Registry {
         range: Option<ContentRange>,
         content_length: Option<u64>,
         body: S,
+        origin: &Origin,
     ) -> Result<BlobLocation>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -459,7 +504,16 @@ impl Registry {
         }
         if !self
             .meta
-            .finish_upload(&u.id, u.repository_id, u.size, digest, size)
+            .finish_upload(
+                &u.id,
+                u.repository_id,
+                u.size,
+                digest,
+                size,
+                origin,
+                AuditEntry::ok("blob.push", repo.as_str())
+                    .detail(serde_json::json!({ "size": size, "upload": u.id })),
+            )
             .await?
         {
             // Cancelled, finished or extended by another request meanwhile. The
@@ -520,7 +574,7 @@ impl Registry {
         extra_tags: &[Tag],
         content_type: Option<&str>,
         bytes: Bytes,
-        actor: &str,
+        origin: &Origin,
     ) -> Result<PushedManifest> {
         if bytes.len() as u64 > self.limits.max_manifest_bytes {
             return Err(Error::TooLarge {
@@ -604,7 +658,7 @@ impl Registry {
             .collect();
         match self
             .meta
-            .put_manifest(repo_id, &record, &bindings, actor)
+            .put_manifest(repo_id, repo.as_str(), &record, &bindings, origin)
             .await?
         {
             PutOutcome::Stored(events) => {
@@ -617,7 +671,9 @@ impl Registry {
             PutOutcome::Denied(denied) => {
                 if let Some(new) = &parsed_for_equivalence {
                     if let Some(kept) = self
-                        .accept_equivalent_index(repo_id, &record, new, &bindings, &denied, actor)
+                        .accept_equivalent_index(
+                            repo, repo_id, &record, new, &bindings, &denied, origin,
+                        )
                         .await?
                     {
                         return Ok(PushedManifest {
@@ -637,7 +693,9 @@ impl Registry {
                         rule: d.rule.clone(),
                     })
                     .collect();
-                self.meta.record_tag_events(repo_id, &events, actor).await?;
+                self.meta
+                    .record_tag_events(repo_id, repo.as_str(), &events, origin)
+                    .await?;
                 Err(Error::Denied {
                     repository: repo.clone(),
                     attempted: Some(digest),
@@ -651,14 +709,16 @@ impl Registry {
     /// platform manifests as `new` (only attestations differ), store `new` as an
     /// untagged manifest, bind the other tags, leave the refused ones on their
     /// digest, and answer with that digest. `None` when the push stays refused.
+    #[allow(clippy::too_many_arguments)]
     async fn accept_equivalent_index(
         &self,
+        repo: &RepoName,
         repo_id: i64,
         record: &NewManifest,
         new: &manifest::ParsedManifest,
         bindings: &[TagBinding],
         denied: &[metadata::DeniedTag],
-        actor: &str,
+        origin: &Origin,
     ) -> Result<Option<Digest>> {
         let mut held_digests = Vec::new();
         for d in denied {
@@ -682,7 +742,7 @@ impl Registry {
             .collect();
         if let PutOutcome::Denied(_) = self
             .meta
-            .put_manifest(repo_id, record, &others, actor)
+            .put_manifest(repo_id, repo.as_str(), record, &others, origin)
             .await?
         {
             return Ok(None);
@@ -697,7 +757,9 @@ impl Registry {
                 rule: d.rule.clone(),
             })
             .collect();
-        self.meta.record_tag_events(repo_id, &events, actor).await?;
+        self.meta
+            .record_tag_events(repo_id, repo.as_str(), &events, origin)
+            .await?;
         Ok(held_digests.into_iter().next())
     }
 
@@ -752,21 +814,29 @@ impl Registry {
         &self,
         repo: &RepoName,
         reference: &Reference,
-        actor: &str,
+        origin: &Origin,
     ) -> Result<()> {
         let guard = self.guard(repo);
         let outcome = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d, &guard, actor).await?,
-            Reference::Tag(t) => self.meta.delete_tag(repo, t, &guard, actor).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d, &guard, origin).await?,
+            Reference::Tag(t) => self.meta.delete_tag(repo, t, &guard, origin).await?,
         };
         match outcome {
             DeleteOutcome::Deleted => Ok(()),
             DeleteOutcome::NotFound => Err(Error::ManifestUnknown(reference.to_string())),
-            DeleteOutcome::Denied(tags) => Err(Error::Denied {
-                repository: repo.clone(),
-                attempted: None,
-                tags,
-            }),
+            DeleteOutcome::Denied(tags) => {
+                let action = match reference {
+                    Reference::Digest(_) => "manifest.delete",
+                    Reference::Tag(_) => "tag.delete",
+                };
+                self.audit_denied(action, repo, &reference.to_string(), &tags, origin)
+                    .await?;
+                Err(Error::Denied {
+                    repository: repo.clone(),
+                    attempted: None,
+                    tags,
+                })
+            }
         }
     }
 

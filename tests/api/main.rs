@@ -1,6 +1,7 @@
 //! One integration-test binary: the real server on 127.0.0.1:0, over SQLite and
 //! over PostgreSQL, driven with raw HTTP and with real clients.
 
+mod audit;
 mod blobs;
 mod e2e;
 mod helpers;

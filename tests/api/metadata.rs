@@ -5,10 +5,23 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn::domain::{Algorithm, Digest, RepoName, Tag};
-use cairn::metadata::{DbOptions, Metadata, NewManifest, PutOutcome, TagBinding};
+use cairn::metadata::{
+    AuditEntry, DbOptions, Metadata, NewManifest, Origin, PutOutcome, TagBinding,
+};
 use cairn::storage::StoredPart;
 
 use crate::helpers::fresh_postgres_db;
+
+/// The repository name recorded in audit entries of these tests.
+const REPO: &str = "repo";
+
+fn tester() -> Origin {
+    Origin::system("test")
+}
+
+fn push() -> AuditEntry {
+    AuditEntry::ok("blob.push", REPO)
+}
 
 /// A migrated, empty metadata store and what keeps it alive.
 pub struct Store {
@@ -107,7 +120,9 @@ async fn ensure_repository_is_idempotent(meta: &Metadata) {
     let ids: Vec<i64> = ids.into_iter().map(|r| r.unwrap()).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     for i in [id, other, ids[0]] {
-        meta.link_blob(i, &digest(b"x"), 1).await.unwrap();
+        meta.link_blob(i, &digest(b"x"), 1, &tester(), push())
+            .await
+            .unwrap();
     }
     let page = meta.list_repositories(None, 100).await.unwrap();
     assert_eq!(page.items, vec!["raced", "team/app", "team/other"]);
@@ -118,7 +133,13 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
     let id = meta.ensure_repository(&r).await.unwrap();
     let m1 = manifest(b"m1", None, None);
     let out = meta
-        .put_manifest(id, &m1, &[binding("a", false), binding("b", false)], "test")
+        .put_manifest(
+            id,
+            REPO,
+            &m1,
+            &[binding("a", false), binding("b", false)],
+            &tester(),
+        )
         .await
         .unwrap();
     assert!(
@@ -134,7 +155,7 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
     // `pinned` is immutable and holds m1: a push of m2 that also names `c` and
     // `a` changes nothing at all, not even the manifest row.
     let out = meta
-        .put_manifest(id, &m1, &[binding("pinned", true)], "test")
+        .put_manifest(id, REPO, &m1, &[binding("pinned", true)], &tester())
         .await
         .unwrap();
     assert!(matches!(out, PutOutcome::Stored(_)), "{out:?}");
@@ -142,13 +163,14 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
     let out = meta
         .put_manifest(
             id,
+            REPO,
             &m2,
             &[
                 binding("c", false),
                 binding("a", false),
                 binding("pinned", true),
             ],
-            "test",
+            &tester(),
         )
         .await
         .unwrap();
@@ -170,7 +192,7 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
     // A failure inside the transaction (no such repository) leaves nothing behind.
     let m3 = manifest(b"m3", None, None);
     assert!(meta
-        .put_manifest(id + 1000, &m3, &[binding("x", false)], "test")
+        .put_manifest(id + 1000, REPO, &m3, &[binding("x", false)], &tester())
         .await
         .is_err());
     assert_eq!(meta.blob_size(&m3.digest).await.unwrap(), None);
@@ -239,13 +261,17 @@ async fn finish_upload_happens_once(meta: &Metadata) {
     let d = digest(b"content");
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
 
+    let t = tester();
     let (first, second) = tokio::join!(
-        meta.finish_upload("u2", repo_id, 7, &d, 7),
-        meta.finish_upload("u2", repo_id, 7, &d, 7)
+        meta.finish_upload("u2", repo_id, 7, &d, 7, &t, push()),
+        meta.finish_upload("u2", repo_id, 7, &d, 7, &t, push())
     );
     let (first, second) = (first.unwrap(), second.unwrap());
     assert!(first ^ second, "exactly one finish: {first} {second}");
-    assert!(!meta.finish_upload("u2", repo_id, 7, &d, 7).await.unwrap());
+    assert!(!meta
+        .finish_upload("u2", repo_id, 7, &d, 7, &tester(), push())
+        .await
+        .unwrap());
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(7));
     assert!(meta.upload(&r, "u2").await.unwrap().is_none());
     assert!(meta.delete_upload(&r, "u2").await.unwrap().is_none());
@@ -268,7 +294,7 @@ async fn finish_upload_needs_the_state_it_verified(meta: &Metadata) {
         .unwrap());
     let d = digest(b"content");
     assert!(!meta
-        .finish_upload("u3", repo_id, seen.size, &d, 7)
+        .finish_upload("u3", repo_id, seen.size, &d, 7, &tester(), push())
         .await
         .unwrap());
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
@@ -286,7 +312,9 @@ fn assert_page(p: &cairn::metadata::Page, items: &[&str], more: bool) {
 async fn listings_paginate(meta: &Metadata) {
     for n in ["c", "a", "b/x", "b", "a-b"] {
         let id = meta.ensure_repository(&repo(n)).await.unwrap();
-        meta.link_blob(id, &digest(b"x"), 1).await.unwrap();
+        meta.link_blob(id, &digest(b"x"), 1, &tester(), push())
+            .await
+            .unwrap();
     }
     // A repository with no content (an unfinished session) is not listed.
     meta.ensure_repository(&repo("empty")).await.unwrap();
@@ -305,7 +333,7 @@ async fn listings_paginate(meta: &Metadata) {
     let id = meta.repository_id(&r).await.unwrap().unwrap();
     let tags = ["v3", "v1", "V2", "v10"];
     let bindings: Vec<TagBinding> = tags.iter().map(|t| binding(t, false)).collect();
-    meta.put_manifest(id, &manifest(b"m", None, None), &bindings, "test")
+    meta.put_manifest(id, REPO, &manifest(b"m", None, None), &bindings, &tester())
         .await
         .unwrap();
     let p = meta.list_tags(&r, None, 3).await.unwrap().unwrap();
@@ -325,21 +353,28 @@ async fn referrers_are_found_by_subject(meta: &Metadata) {
     let r = repo("demo");
     let id = meta.ensure_repository(&r).await.unwrap();
     let base = manifest(b"base", None, None);
-    meta.put_manifest(id, &base, &[], "test").await.unwrap();
+    meta.put_manifest(id, REPO, &base, &[], &tester())
+        .await
+        .unwrap();
     assert!(meta.referrers(&r, &base.digest).await.unwrap().is_empty());
 
     let mut sig = manifest(b"sig", Some(base.digest.clone()), Some("application/x-sig"));
     sig.annotations.insert("k".into(), "v".into());
-    meta.put_manifest(id, &sig, &[], "test").await.unwrap();
+    meta.put_manifest(id, REPO, &sig, &[], &tester())
+        .await
+        .unwrap();
     let sbom = manifest(b"sbom", Some(base.digest.clone()), None);
-    meta.put_manifest(id, &sbom, &[], "test").await.unwrap();
+    meta.put_manifest(id, REPO, &sbom, &[], &tester())
+        .await
+        .unwrap();
     // Same subject in another repository: not a referrer here.
     let other = meta.ensure_repository(&repo("other")).await.unwrap();
     meta.put_manifest(
         other,
+        "other",
         &manifest(b"elsewhere", Some(base.digest.clone()), None),
         &[],
-        "test",
+        &tester(),
     )
     .await
     .unwrap();

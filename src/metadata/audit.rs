@@ -1,0 +1,408 @@
+//! The audit trail: one append-only, hash-chained log of everything that changed
+//! the registry or was refused.
+//!
+//! Each row's `hash` is SHA-256 over its own fields and the previous row's hash,
+//! ids run 1, 2, 3… without gaps, and `audit_head` keeps the last id and hash.
+//! Altering, removing or inserting a row anywhere (the tail included) therefore
+//! breaks the chain at that row, which [`Metadata::audit_verify`] reports. The
+//! database refuses `UPDATE`/`DELETE` on the table (triggers); the chain is what
+//! catches someone who drops those first.
+//!
+//! Entries are appended inside the transaction of the change they describe, so
+//! the trail never misses a committed change nor records one that rolled back.
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use super::{now_ms, Backend, Metadata, Result};
+
+/// Who asked for a change, and through which request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The account once authentication exists; until then the client address,
+    /// or `cairn:<task>` for the registry's own jobs (retention, GC).
+    pub actor: String,
+    pub client: Option<String>,
+    pub request_id: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Origin {
+    /// A change made by the registry itself (a scheduled job or a CLI command).
+    pub fn system(task: &str) -> Origin {
+        Origin {
+            actor: format!("cairn:{task}"),
+            ..Origin::default()
+        }
+    }
+}
+
+/// One thing that happened, before it is chained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// `blob.push`, `manifest.push`, `tag.created`, `tag.denied`, … (see ARCHITECTURE.md).
+    pub action: &'static str,
+    pub repository: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    /// `ok` or `denied`.
+    pub result: &'static str,
+    /// Action-specific facts (sizes, rules, reasons), as JSON.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl AuditEntry {
+    pub fn ok(action: &'static str, repository: &str) -> AuditEntry {
+        AuditEntry {
+            action,
+            repository: Some(repository.to_string()),
+            tag: None,
+            digest: None,
+            result: "ok",
+            detail: None,
+        }
+    }
+
+    pub fn denied(action: &'static str, repository: &str) -> AuditEntry {
+        AuditEntry {
+            result: "denied",
+            ..AuditEntry::ok(action, repository)
+        }
+    }
+
+    pub fn global(action: &'static str) -> AuditEntry {
+        AuditEntry {
+            repository: None,
+            ..AuditEntry::ok(action, "")
+        }
+    }
+
+    pub fn tag(mut self, tag: impl Into<String>) -> AuditEntry {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    pub fn digest(mut self, digest: impl Into<String>) -> AuditEntry {
+        self.digest = Some(digest.into());
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> AuditEntry {
+        self.detail = Some(detail);
+        self
+    }
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub actor: String,
+    pub client: Option<String>,
+    pub action: String,
+    pub repository: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub result: String,
+    /// JSON text exactly as hashed.
+    pub detail: Option<String>,
+    pub request_id: Option<String>,
+    pub user_agent: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hash of the chain before its first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 (hex) of a record's fields and the previous hash. The fields are
+/// hashed as one JSON array, so no two different records share an encoding.
+pub fn chain_hash(r: &AuditRecord) -> String {
+    let fields = serde_json::json!([
+        r.id,
+        r.at,
+        r.actor,
+        r.client,
+        r.action,
+        r.repository,
+        r.tag,
+        r.digest,
+        r.result,
+        r.detail,
+        r.request_id,
+        r.user_agent,
+        r.prev_hash,
+    ]);
+    hex::encode(Sha256::digest(fields.to_string().as_bytes()))
+}
+
+/// Filters of an audit query; all optional and combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub repository: Option<String>,
+    pub digest: Option<String>,
+    pub tag: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until: Option<i64>,
+    /// Cursor: only ids above (ascending) or below (descending) this one.
+    pub cursor: Option<i64>,
+    pub ascending: bool,
+    pub limit: u32,
+}
+
+/// What [`Metadata::audit_verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub checked: u64,
+    /// The first entry whose link does not hold, and why; `None`: the chain holds.
+    pub broken: Option<BrokenLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokenLink {
+    pub id: i64,
+    pub reason: String,
+}
+
+/// Appends `entries` inside the caller's transaction. The head row is updated
+/// first: on PostgreSQL its row lock makes concurrent appenders wait for this
+/// transaction, so every entry chains onto a committed predecessor.
+pub(super) async fn append<C, DB>(
+    conn: &mut C,
+    origin: &Origin,
+    entries: &[AuditEntry],
+) -> std::result::Result<(), sqlx::Error>
+where
+    C: Send,
+    DB: sqlx::Database,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + for<'q> sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    (i64, String): for<'r> sqlx::FromRow<'r, <DB as sqlx::Database>::Row>,
+    usize: sqlx::ColumnIndex<<DB as sqlx::Database>::Row>,
+{
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let n = entries.len() as i64;
+    // Claim n ids and learn the hash they chain onto.
+    let (last, mut prev) = sqlx::query_as::<DB, (i64, String)>(
+        "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash",
+    )
+    .bind(n)
+    .fetch_one(&mut *conn)
+    .await?;
+    let at = now_ms();
+    for (i, e) in entries.iter().enumerate() {
+        let mut r = AuditRecord {
+            id: last - n + 1 + i as i64,
+            at,
+            actor: origin.actor.clone(),
+            client: origin.client.clone(),
+            action: e.action.to_string(),
+            repository: e.repository.clone(),
+            tag: e.tag.clone(),
+            digest: e.digest.clone(),
+            result: e.result.to_string(),
+            detail: e.detail.as_ref().map(|d| d.to_string()),
+            request_id: origin.request_id.clone(),
+            user_agent: origin.user_agent.clone(),
+            prev_hash: prev,
+            hash: String::new(),
+        };
+        r.hash = chain_hash(&r);
+        sqlx::query::<DB>(
+            "INSERT INTO audit_log (id, at, actor, client, action, repository, tag, digest, result,
+                                    detail, request_id, user_agent, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(r.id)
+        .bind(r.at)
+        .bind(r.actor.as_str())
+        .bind(r.client.as_deref())
+        .bind(r.action.as_str())
+        .bind(r.repository.as_deref())
+        .bind(r.tag.as_deref())
+        .bind(r.digest.as_deref())
+        .bind(r.result.as_str())
+        .bind(r.detail.as_deref())
+        .bind(r.request_id.as_deref())
+        .bind(r.user_agent.as_deref())
+        .bind(r.prev_hash.as_str())
+        .bind(r.hash.as_str())
+        .execute(&mut *conn)
+        .await?;
+        prev = r.hash;
+    }
+    sqlx::query::<DB>("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(prev.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "id, at, actor, client, action, repository, tag, digest, result, detail,
+                       request_id, user_agent, prev_hash, hash";
+
+impl Metadata {
+    /// Appends entries in a transaction of their own (changes that have no
+    /// transaction to share, e.g. a refused push that rolled back).
+    pub async fn audit_append(&self, origin: &Origin, entries: &[AuditEntry]) -> Result<()> {
+        on_write!(self, "audit_append", |p| {
+            let mut tx = p.begin().await?;
+            append(&mut *tx, origin, entries).await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// Entries matching `q`, in id order (ascending or descending).
+    pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE 1 = 1");
+        let mut n = 0;
+        let mut param = |sql: &mut String, clause: &str| {
+            n += 1;
+            sql.push_str(&clause.replace('?', &format!("${n}")));
+        };
+        let texts = [
+            (" AND repository = ?", &q.repository),
+            (" AND digest = ?", &q.digest),
+            (" AND tag = ?", &q.tag),
+            (" AND actor = ?", &q.actor),
+            (" AND action = ?", &q.action),
+        ];
+        for (clause, v) in &texts {
+            if v.is_some() {
+                param(&mut sql, clause);
+            }
+        }
+        let cursor_clause = if q.ascending {
+            " AND id > ?"
+        } else {
+            " AND id < ?"
+        };
+        let numbers = [
+            (" AND at >= ?", q.since),
+            (" AND at < ?", q.until),
+            (cursor_clause, q.cursor),
+        ];
+        for (clause, v) in &numbers {
+            if v.is_some() {
+                param(&mut sql, clause);
+            }
+        }
+        sql.push_str(if q.ascending {
+            " ORDER BY id ASC"
+        } else {
+            " ORDER BY id DESC"
+        });
+        param(&mut sql, " LIMIT ?");
+        macro_rules! run {
+            ($p:expr) => {{
+                let mut query = sqlx::query_as::<_, AuditRecord>(&sql);
+                for (_, v) in &texts {
+                    if let Some(v) = v {
+                        query = query.bind(v.as_str());
+                    }
+                }
+                for (_, v) in &numbers {
+                    if let Some(v) = v {
+                        query = query.bind(*v);
+                    }
+                }
+                query.bind(i64::from(q.limit)).fetch_all($p).await
+            }};
+        }
+        let rows = on_read!(self, "audit_query", |p| run!(p))?;
+        Ok(rows)
+    }
+
+    /// Recomputes the whole chain in id order, `batch` rows per query, calling
+    /// `progress(checked, total)` as it goes. Stops at the first broken link.
+    pub async fn audit_verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
+        let (seq, head_hash) = on_read!(self, "audit_verify", |p| {
+            sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(p)
+                .await
+        })?;
+        let total = seq.max(0) as u64;
+        let mut checked = 0u64;
+        let mut expected_id = 1i64;
+        let mut prev = GENESIS.to_string();
+        let broken = |id: i64, reason: String, checked: u64| VerifyReport {
+            checked,
+            broken: Some(BrokenLink { id, reason }),
+        };
+        loop {
+            let q = AuditQuery {
+                cursor: Some(expected_id - 1),
+                ascending: true,
+                limit: 1000,
+                ..AuditQuery::default()
+            };
+            let rows = self.audit(&q).await?;
+            let done = rows.len() < 1000;
+            for r in rows {
+                if r.id != expected_id {
+                    return Ok(broken(
+                        expected_id,
+                        format!("entry {expected_id} is missing (next entry is {})", r.id),
+                        checked,
+                    ));
+                }
+                if r.prev_hash != prev {
+                    return Ok(broken(
+                        r.id,
+                        "prev_hash does not match the previous entry's hash".into(),
+                        checked,
+                    ));
+                }
+                if chain_hash(&r) != r.hash {
+                    return Ok(broken(
+                        r.id,
+                        "hash does not match the entry's fields (the entry was altered)".into(),
+                        checked,
+                    ));
+                }
+                prev = r.hash;
+                checked += 1;
+                expected_id += 1;
+            }
+            progress(checked, total);
+            if done {
+                break;
+            }
+        }
+        let last = expected_id - 1;
+        if last != seq {
+            return Ok(broken(
+                last + 1,
+                format!(
+                    "the chain ends at entry {last} but {seq} were written (entries were removed)"
+                ),
+                checked,
+            ));
+        }
+        if prev != head_hash {
+            return Ok(broken(
+                last,
+                "the last entry's hash does not match the recorded head".into(),
+                checked,
+            ));
+        }
+        Ok(VerifyReport {
+            checked,
+            broken: None,
+        })
+    }
+}
