@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::retention::{PolicySpec, RetentionPolicy};
 use crate::policy::{RuleSet, RuleSpec};
 use crate::service::Limits;
 
@@ -25,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     pub immutability: ImmutabilityConfig,
     pub metrics: MetricsConfig,
+    pub retention: RetentionSection,
+    pub gc: GcConfig,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
 }
@@ -71,6 +74,30 @@ pub struct ImmutabilityConfig {
     /// tag keeps its digest.
     #[serde(default)]
     pub buildkit_index_equivalence: bool,
+}
+
+/// Retention policies (see `policy::retention`) and their schedule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+    /// Seconds between scheduled `retention apply` runs inside `serve`; 0 (the
+    /// default) runs retention only when asked (`cairn retention apply`, API).
+    #[serde(default)]
+    pub apply_interval_secs: u64,
+}
+
+/// Online garbage collection of unreferenced blobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Seconds between collections inside `serve`; 0 turns the schedule off
+    /// (`cairn gc` still works).
+    pub interval_secs: u64,
+    /// A blob written or referenced by a push within this many seconds is never
+    /// collected: the window in which an upload's blob waits for its manifest.
+    pub grace_secs: u64,
 }
 
 /// Prometheus metrics and pull statistics.
@@ -140,6 +167,11 @@ impl Default for Config {
                 pull_stats: true,
                 pull_stats_flush_secs: 5,
             },
+            retention: RetentionSection::default(),
+            gc: GcConfig {
+                interval_secs: 60 * 60,
+                grace_secs: 24 * 60 * 60,
+            },
             shutdown_timeout_secs: 30,
         }
     }
@@ -201,7 +233,15 @@ impl Config {
 
     /// The policies as recorded in the audit trail when they change.
     pub fn policy_document(&self) -> serde_json::Value {
-        serde_json::json!({ "immutability": self.immutability })
+        serde_json::json!({
+            "immutability": self.immutability,
+            "retention": self.retention.policies,
+        })
+    }
+
+    /// The compiled retention policies; an invalid one is an error naming it.
+    pub fn retention(&self) -> Result<RetentionPolicy, crate::policy::retention::PolicyError> {
+        RetentionPolicy::new(self.retention.policies.clone())
     }
 
     /// The compiled immutability rules; an invalid rule is an error naming it.

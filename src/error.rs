@@ -235,6 +235,25 @@ impl From<service::Error> for ApiError {
             }
             E::Body(_) => ApiError::new(Code::BlobUploadInvalid, msg),
             E::Unsupported(_) => ApiError::new(Code::Unsupported, msg),
+            E::Protected {
+                ref repository,
+                ref digest,
+                ref reasons,
+            } => {
+                let detail = json!({
+                    "repository": repository.as_str(),
+                    "digest": digest,
+                    "protected_by": reasons,
+                });
+                ApiError::new(Code::Denied, msg)
+                    .with_status(StatusCode::CONFLICT)
+                    .with_detail(detail)
+            }
+            E::Collecting(_) => ApiError::new(Code::Unavailable, msg)
+                .with_header(header::RETRY_AFTER, "1".to_string()),
+            E::Invalid(_) => {
+                ApiError::new(Code::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
+            }
             // 409 rather than DENIED's usual 403: the request conflicts with the
             // tag's current state; the same credentials could not make it succeed.
             E::Denied {

@@ -47,6 +47,9 @@ pub struct App {
     shutdown_timeout: Duration,
     /// Idle upload sessions are cancelled after this long (zero: never).
     upload_expiry: Duration,
+    gc: config::GcConfig,
+    /// Scheduled retention runs (zero: none).
+    retention_every: Duration,
 }
 
 /// Connects to the database named in `config` and applies migrations.
@@ -59,6 +62,20 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Metadata> {
     .await?;
     meta.migrate().await?;
     Ok(meta)
+}
+
+/// The registry's service layer without a listener, for the subcommands that
+/// work on the database and storage directly (`cairn gc`, `cairn retention …`).
+pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
+    let meta = open_metadata(config).await?;
+    let blobs = MeteredStore::new(BlobStore::open(&config.storage_url()?)?, None);
+    Ok(Registry::new(
+        meta,
+        blobs,
+        config.limits(),
+        config.rules()?,
+        config.retention()?,
+    ))
 }
 
 impl App {
@@ -91,12 +108,13 @@ impl App {
                 .map(|m| Box::new(move || m.pull_stats_flush_failed()) as service::FlushFailed);
             Arc::new(PullStats::new(meta.clone(), on_failure))
         });
-        let registry = Registry::new(meta, blobs, config.limits(), rules);
+        let registry = Registry::new(meta, blobs, config.limits(), rules, config.retention()?);
         registry.record_policy(config.policy_document()).await?;
         let state = api::AppState {
             registry: registry.clone(),
             metrics,
             pulls: pulls.clone(),
+            gc_grace: Duration::from_secs(config.gc.grace_secs),
         };
         let metrics_server = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
         let router = api::router(state, config.metrics.enabled && metrics_server.is_none())
@@ -115,6 +133,8 @@ impl App {
             pull_stats_flush: Duration::from_secs(config.metrics.pull_stats_flush_secs.max(1)),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             upload_expiry: Duration::from_secs(config.limits.upload_expiry_secs),
+            gc: config.gc.clone(),
+            retention_every: Duration::from_secs(config.retention.apply_interval_secs),
         })
     }
 
@@ -171,6 +191,49 @@ impl App {
                 }
             })
         });
+        let mut jobs = Vec::new();
+        if self.gc.interval_secs > 0 {
+            let registry = self.registry.clone();
+            let grace = Duration::from_secs(self.gc.grace_secs);
+            let every = Duration::from_secs(self.gc.interval_secs);
+            jobs.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = registry
+                        .collect_garbage(grace, Duration::ZERO, false, |_, _| {})
+                        .await
+                    {
+                        tracing::warn!(error = %e, "garbage collection failed");
+                    }
+                }
+            }));
+        }
+        if self.retention_every > Duration::ZERO {
+            let registry = self.registry.clone();
+            let every = self.retention_every;
+            jobs.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let origin = metadata::Origin::system("retention");
+                loop {
+                    tick.tick().await;
+                    let applied = async {
+                        let plan = registry.retention_plan(None, &origin).await?;
+                        registry.retention_apply(&plan.id, &origin, |_, _| {}).await
+                    }
+                    .await;
+                    match applied {
+                        Ok(r) => tracing::info!(
+                            plan = %r.plan,
+                            deleted = r.deleted.len(),
+                            refused = r.refused.len(),
+                            "scheduled retention applied"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "scheduled retention failed"),
+                    }
+                }
+            }));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let signalled = async move {
             shutdown.await;
@@ -202,6 +265,9 @@ impl App {
         }
         if let Some(j) = janitor {
             j.abort();
+        }
+        for job in jobs {
+            job.abort();
         }
         if let Some(p) = &self.pulls {
             p.stop();

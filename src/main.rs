@@ -38,6 +38,78 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Record that an artifact was promoted (deployed) to an environment:
+    /// `cairn promote team/app:v1.4.2 --env prod`.
+    Promote {
+        /// `<repository>:<tag>` (resolved to its digest now) or `<repository>@<digest>`.
+        reference: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// What to roll back to: the current and previous promoted digests of an environment.
+    Rollback {
+        repository: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Legal holds: artifacts beyond the reach of every deletion path.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+    /// Retention: plan (what would be deleted, and why everything else stays), then apply.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Reclaim blobs no manifest references and idle upload sessions, while the registry serves.
+    Gc {
+        /// Report what would be reclaimed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldCommand {
+    /// `cairn hold add team/app@sha256:… --reason "case 1234"`
+    Add {
+        reference: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release hold `id` (see `cairn hold list`).
+    Release { id: i64 },
+    /// Active holds (`--all`: released ones too).
+    List {
+        #[arg(long)]
+        repository: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Show what retention would delete and why each kept artifact stays; stores the plan.
+    Plan {
+        /// Only repositories matching this glob.
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a stored plan (`--plan <id>`), or plan and apply at once.
+    Apply {
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +202,71 @@ async fn main() -> anyhow::Result<()> {
                 "{repo}:{tag} is {} (rule {:?}: repositories {:?}, tags {:?})",
                 d.mutability, d.rule, d.repositories, d.tags
             );
+        }
+        Command::Promote { reference, env } => {
+            let registry = cairn::build_registry(&config).await?;
+            let (repo, r) = cairn::cli::retention::parse_reference(&reference)?;
+            let p = registry
+                .promote(&repo, &r, &env, &cairn::cli::retention::cli_origin())
+                .await?;
+            println!("{repo}@{} promoted to {env} (promotion {})", p.digest, p.id);
+            registry.metadata().close().await;
+        }
+        Command::Rollback { repository, env } => {
+            let registry = cairn::build_registry(&config).await?;
+            let answer = registry.rollback(&repository.parse()?, &env).await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            registry.metadata().close().await;
+        }
+        Command::Hold { command } => {
+            let registry = cairn::build_registry(&config).await?;
+            let origin = cairn::cli::retention::cli_origin();
+            match command {
+                HoldCommand::Add { reference, reason } => {
+                    let (repo, r) = cairn::cli::retention::parse_reference(&reference)?;
+                    let h = registry.add_hold(&repo, &r, &reason, &origin).await?;
+                    println!("hold {} on {repo}@{}: {}", h.id, h.digest, h.reason);
+                }
+                HoldCommand::Release { id } => {
+                    registry.release_hold(id, &origin).await?;
+                    println!("hold {id} released");
+                }
+                HoldCommand::List { repository, all } => {
+                    let holds = registry.holds(repository.as_deref(), !all).await?;
+                    println!("{}", serde_json::to_string_pretty(&holds)?);
+                }
+            }
+            registry.metadata().close().await;
+        }
+        Command::Retention { command } => {
+            let registry = cairn::build_registry(&config).await?;
+            let origin = cairn::cli::retention::cli_origin();
+            match command {
+                RetentionCommand::Plan { repo, json } => {
+                    let plan = registry.retention_plan(repo.as_deref(), &origin).await?;
+                    cairn::cli::retention::print_plan(&plan, json)?;
+                }
+                RetentionCommand::Apply { plan, repo, json } => {
+                    let id = match plan {
+                        Some(id) => id,
+                        None => registry.retention_plan(repo.as_deref(), &origin).await?.id,
+                    };
+                    cairn::cli::retention::apply(&registry, &id, json).await?;
+                }
+            }
+            registry.metadata().close().await;
+        }
+        Command::Gc { dry_run, json } => {
+            let registry = cairn::build_registry(&config).await?;
+            cairn::cli::retention::gc(
+                &registry,
+                std::time::Duration::from_secs(config.gc.grace_secs),
+                std::time::Duration::from_secs(config.limits.upload_expiry_secs),
+                dry_run,
+                json,
+            )
+            .await?;
+            registry.metadata().close().await;
         }
         Command::Audit { command } => {
             let meta = cairn::open_metadata(&config).await?;

@@ -6,6 +6,7 @@ mod blobs;
 mod listing;
 mod manifests;
 mod observe;
+mod retention_api;
 pub mod routes;
 mod tags_api;
 mod uploads;
@@ -17,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 
 use crate::error::{ApiError, Code};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: Option<Arc<Metrics>>,
     /// The in-memory pull statistics (`None`: `metrics.pull_stats = false`).
     pub pulls: Option<Arc<PullStats>>,
+    /// `gc.grace_secs`, for collections asked for through the API.
+    pub gc_grace: std::time::Duration,
 }
 
 /// The registry's router: the distribution API under `/v2`, the JSON API under
@@ -49,7 +52,15 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route("/api/v1/audit", get(audit_api::query))
         .route("/api/v1/audit/export", get(audit_api::export))
         .route("/api/v1/audit/verify", get(audit_api::verify))
-        .route("/api/v1/repositories/{*rest}", get(tags_api::repository))
+        .route(
+            "/api/v1/repositories/{*rest}",
+            any(retention_api::repository),
+        )
+        .route("/api/v1/holds", get(retention_api::holds))
+        .route("/api/v1/holds/{id}", delete(retention_api::release_hold))
+        .route("/api/v1/retention/plan", post(retention_api::plan))
+        .route("/api/v1/retention/apply", post(retention_api::apply))
+        .route("/api/v1/gc", post(retention_api::gc))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(observe::readyz));
     if serve_metrics {

@@ -2,6 +2,7 @@
 //! (`cairn audit …`, and the operations that run without a server).
 
 pub mod audit;
+pub mod retention;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

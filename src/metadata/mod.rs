@@ -170,6 +170,8 @@ pub struct NewManifest {
     pub annotations: BTreeMap<String, String>,
     pub blobs: Vec<Digest>,
     pub children: Vec<Digest>,
+    /// Every blob must be stored (false: `limits.allow_sparse_manifests`).
+    pub require_blobs: bool,
 }
 
 /// A tag to bind in a manifest push, with the policy's verdict on it.
@@ -247,6 +249,22 @@ pub enum PutOutcome {
     Stored(Vec<TagEvent>),
     /// Nothing changed: these tags are immutable and hold other digests.
     Denied(Vec<DeniedTag>),
+    /// Nothing changed: garbage collection is deleting this blob (the manifest's
+    /// own bytes, or one it references).
+    Collecting(String),
+    /// Nothing changed: a referenced blob is no longer stored.
+    MissingBlob(Digest),
+}
+
+/// Result of completing an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishOutcome {
+    /// The blob is visible in the repository; the session is gone.
+    Done,
+    /// The session was already finished, cancelled or moved on.
+    Gone,
+    /// Nothing changed: garbage collection is deleting this digest's bytes.
+    Collecting,
 }
 
 /// Whether a delete may remove a tag, as the policy decides.
@@ -262,6 +280,8 @@ pub enum DeleteOutcome {
     Deleted,
     NotFound,
     Denied(Vec<DeniedTag>),
+    /// A rollback target or held artifact needs it (the reasons).
+    Protected(Vec<String>),
 }
 
 /// A page of names and whether more follow.
@@ -476,8 +496,52 @@ impl Metadata {
         Ok(size.map(|s| s as u64))
     }
 
+    /// Claims `digest` before its bytes are written: an existing row is touched
+    /// (garbage collection then leaves it alone for its grace period). Returns
+    /// false when a collection is deleting it; the caller waits for that to
+    /// finish before writing, or its bytes could be deleted after the write.
+    pub async fn claim_blob(&self, digest: &Digest) -> Result<bool> {
+        let state = on_read!(self, "claim_blob", |p| {
+            sqlx::query_scalar::<_, String>("SELECT state FROM blobs WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_optional(p)
+                .await
+        })?;
+        match state.as_deref() {
+            // No row: nothing for a collection to delete; whoever inserts it
+            // makes it fresh.
+            None => Ok(true),
+            Some("live") => {
+                let n = on_write!(self, "claim_blob", |p| {
+                    sqlx::query(
+                        "UPDATE blobs SET touched_at = $1, touches = touches + 1
+                          WHERE digest = $2 AND state = 'live'",
+                    )
+                    .bind(now_ms())
+                    .bind(digest.as_str())
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected())
+                })?;
+                if n == 1 {
+                    return Ok(true);
+                }
+                // Collected meanwhile, or claimed by a collection: ask again.
+                let again = on_read!(self, "claim_blob", |p| {
+                    sqlx::query_scalar::<_, String>("SELECT state FROM blobs WHERE digest = $1")
+                        .bind(digest.as_str())
+                        .fetch_optional(p)
+                        .await
+                })?;
+                Ok(again.is_none())
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
     /// Records a stored, verified blob and lets `repository_id` serve it.
-    /// `entry` is its audit record (`blob.push` or `blob.mount`).
+    /// `entry` is its audit record (`blob.push` or `blob.mount`). Returns false,
+    /// changing nothing, when garbage collection is deleting the blob.
     pub async fn link_blob(
         &self,
         repository_id: i64,
@@ -485,16 +549,20 @@ impl Metadata {
         size: u64,
         origin: &Origin,
         entry: AuditEntry,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let entry = entry.digest(digest.as_str());
-        on_write!(self, "link_blob", |p| {
+        let live = on_write!(self, "link_blob", |p| {
             let mut tx = p.begin().await?;
-            insert_blob(&mut *tx, digest, size).await?;
+            if !insert_blob(&mut *tx, digest, size).await? {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             link(&mut *tx, repository_id, digest).await?;
             audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(true)
         })?;
-        Ok(())
+        Ok(live)
     }
 
     /// Stops `repo` serving `digest`; the bytes stay until garbage collection.
@@ -507,6 +575,7 @@ impl Metadata {
         repo: &RepoName,
         digest: &Digest,
         guard: &(dyn Fn(&str) -> TagGuard + Sync),
+        protect: retention::Protect<'_>,
         origin: &Origin,
     ) -> Result<DeleteOutcome> {
         let Some(id) = self.repository_id(repo).await? else {
@@ -515,6 +584,32 @@ impl Metadata {
         let outcome = on_write!(self, "unlink_blob", |p| {
             async {
                 let mut tx = p.begin().await?;
+                // Manifests that use the blob, locked, then judged.
+                let users = sqlx::query_scalar::<_, String>(
+                    "SELECT manifest_digest FROM manifest_blobs
+                      WHERE repository_id = $1 AND blob_digest = $2 ORDER BY manifest_digest",
+                )
+                .bind(id)
+                .bind(digest.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                if !users.is_empty() {
+                    for m in &users {
+                        retention::lock_manifest(&mut *tx, id, m).await?;
+                    }
+                    let facts = retention::load_facts(&mut *tx, id).await?;
+                    let roots = protect(&facts);
+                    let mut reasons = Vec::new();
+                    for m in &users {
+                        for r in retention::protected_reasons(&mut *tx, id, &roots, m).await? {
+                            reasons.push(format!("{r} (manifest {m} uses it)"));
+                        }
+                    }
+                    if !reasons.is_empty() {
+                        tx.rollback().await?;
+                        return Ok(DeleteOutcome::Protected(reasons));
+                    }
+                }
                 let holders = sqlx::query_as::<_, (String, String)>(
                     "SELECT t.name, t.manifest_digest FROM tags t
                       WHERE t.repository_id = $1 AND t.manifest_digest IN (
@@ -738,9 +833,9 @@ impl Metadata {
         size: u64,
         origin: &Origin,
         entry: AuditEntry,
-    ) -> Result<bool> {
+    ) -> Result<FinishOutcome> {
         let entry = entry.digest(digest.as_str());
-        let ok = on_write!(self, "finish_upload", |p| {
+        let outcome = on_write!(self, "finish_upload", |p| {
             let mut tx = p.begin().await?;
             let n = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
                 .bind(id)
@@ -748,19 +843,23 @@ impl Metadata {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            if n == 1 {
-                sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_blob(&mut *tx, digest, size).await?;
-                link(&mut *tx, repository_id, digest).await?;
-                audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
-                tx.commit().await?;
+            if n != 1 {
+                return Ok(FinishOutcome::Gone);
             }
-            Ok::<bool, sqlx::Error>(n == 1)
+            sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if !insert_blob(&mut *tx, digest, size).await? {
+                tx.rollback().await?;
+                return Ok(FinishOutcome::Collecting);
+            }
+            link(&mut *tx, repository_id, digest).await?;
+            audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
+            tx.commit().await?;
+            Ok::<FinishOutcome, sqlx::Error>(FinishOutcome::Done)
         })?;
-        Ok(ok)
+        Ok(outcome)
     }
 
     /// Ids of upload sessions last touched before `before_ms`, at most `limit`.
@@ -861,7 +960,42 @@ impl Metadata {
         let digest = m.digest.as_str();
         let outcome = on_write!(self, "put_manifest", |p| {
             let mut tx = p.begin().await?;
-            insert_blob(&mut *tx, &m.digest, m.size).await?;
+            if !insert_blob(&mut *tx, &m.digest, m.size).await? {
+                tx.rollback().await?;
+                return Ok(PutOutcome::Collecting(m.digest.to_string()));
+            }
+            // Touch every blob this manifest references, in this transaction:
+            // garbage collection claims only blobs untouched for its grace
+            // period, so either it claimed one first (and this push fails here)
+            // or it will see this reference.
+            for b in &m.blobs {
+                let touched = sqlx::query(
+                    "UPDATE blobs SET touched_at = $1, touches = touches + 1
+                      WHERE digest = $2 AND state = 'live'",
+                )
+                .bind(now)
+                .bind(b.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if touched == 0 {
+                    let state = sqlx::query_scalar::<_, String>(
+                        "SELECT state FROM blobs WHERE digest = $1",
+                    )
+                    .bind(b.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if state.is_some() {
+                        tx.rollback().await?;
+                        return Ok(PutOutcome::Collecting(b.to_string()));
+                    }
+                    if m.require_blobs {
+                        // Collected since the caller checked it.
+                        tx.rollback().await?;
+                        return Ok(PutOutcome::MissingBlob(b.clone()));
+                    }
+                }
+            }
             sqlx::query(
                 "INSERT INTO manifests
                    (repository_id, digest, media_type, artifact_type, subject_digest, size, annotations, created_at)
@@ -1091,6 +1225,7 @@ impl Metadata {
         repo: &RepoName,
         digest: &Digest,
         guard: &(dyn Fn(&str) -> TagGuard + Sync),
+        protect: retention::Protect<'_>,
         origin: &Origin,
     ) -> Result<DeleteOutcome> {
         let Some(id) = self.repository_id(repo).await? else {
@@ -1101,6 +1236,20 @@ impl Metadata {
         let outcome = on_write!(self, "delete_manifest", |p| {
             async {
                 let mut tx = p.begin().await?;
+                // Lock the row first (promotions and holds lock it too), then
+                // read the protections as they are now.
+                if !retention::lock_manifest(&mut *tx, id, digest.as_str()).await? {
+                    tx.rollback().await?;
+                    return Ok(DeleteOutcome::NotFound);
+                }
+                let facts = retention::load_facts(&mut *tx, id).await?;
+                let reasons =
+                    retention::protected_reasons(&mut *tx, id, &protect(&facts), digest.as_str())
+                        .await?;
+                if !reasons.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(DeleteOutcome::Protected(reasons));
+                }
                 // Deleting first and judging what was deleted leaves no window: a tag
                 // bound to this manifest by a concurrent push is either returned here
                 // or its push fails on the manifest row removed below.
@@ -1393,27 +1542,39 @@ fn page(mut rows: Vec<String>, n: u32) -> Page {
 }
 
 /// `INSERT` of a blob row, valid in both dialects, on any executor.
+///
+/// Records a stored blob, or marks an existing one as just used. Returns false
+/// when garbage collection has claimed the row (`state = 'deleting'`): its
+/// bytes may be gone, so the caller must roll back and not make them visible.
 async fn insert_blob<'e, E, DB>(
     ex: E,
     digest: &Digest,
     size: u64,
-) -> std::result::Result<(), sqlx::Error>
+) -> std::result::Result<bool, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = DB>,
     DB: sqlx::Database,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<<DB as sqlx::Database>::Row>,
 {
-    sqlx::query::<DB>(
-        "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+    // A row comes back when it was inserted or updated; none when the
+    // conflicting row is being collected.
+    let state = sqlx::query_scalar::<DB, String>(
+        "INSERT INTO blobs (digest, size, created_at, touched_at, state)
+         VALUES ($1, $2, $3, $3, 'live')
+         ON CONFLICT (digest) DO UPDATE SET touched_at = $3, touches = blobs.touches + 1
+           WHERE blobs.state = 'live'
+         RETURNING state",
     )
     .bind(digest.as_str())
     .bind(size as i64)
     .bind(now_ms())
-    .execute(ex)
+    .fetch_optional(ex)
     .await?;
-    Ok(())
+    Ok(state.is_some())
 }
 
 async fn insert_event<'e, E, DB>(
@@ -1474,7 +1635,9 @@ where
 
 // After the macros it uses.
 mod audit;
+mod gc;
 mod pulls;
+mod retention;
 
 pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
@@ -1482,3 +1645,4 @@ pub use audit::{
 pub use pulls::{
     ArtifactSort, ArtifactStats, PullCount, RepositoryPulls, RepositoryStats, TagStats,
 };
+pub use retention::{ArtifactFacts, Hold, Promotion, Protect, ProtectionFacts, RetentionDelete};

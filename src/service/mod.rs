@@ -7,14 +7,18 @@
 //! garbage collection), never a row pointing at missing content.
 
 mod audit;
+mod gc;
 mod pull_stats;
 mod registry;
+mod retention;
 mod stats;
 
+pub use gc::GcReport;
 pub use pull_stats::{FlushFailed, PullStats};
 pub use registry::{
     BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry, UploadProgress,
 };
+pub use retention::{ApplyReport, Plan, RollbackAnswer};
 pub use stats::ArtifactPage;
 
 use crate::domain::manifest::ManifestError;
@@ -74,6 +78,21 @@ pub enum Error {
         attempted: Option<Digest>,
         tags: Vec<metadata::DeniedTag>,
     },
+    /// A rollback target or held artifact (or what one references) would be
+    /// deleted; nothing was changed.
+    #[error("{digest} in {repository} is protected ({}); it cannot be deleted while that holds", reasons.join("; "))]
+    Protected {
+        repository: RepoName,
+        digest: String,
+        reasons: Vec<String>,
+    },
+    /// Garbage collection is deleting these bytes right now (only possible with
+    /// a grace period shorter than the request); retrying succeeds.
+    #[error("{0} is being garbage-collected; retry the request")]
+    Collecting(String),
+    /// A request the JSON API cannot act on, with what to fix.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Storage(storage::Error),
     #[error(transparent)]

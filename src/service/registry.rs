@@ -1,5 +1,6 @@
 //! Use cases of the distribution API (blobs, uploads, manifests, tags, referrers).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,9 +11,10 @@ use crate::domain::{
     manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName, Tag,
 };
 use crate::metadata::{
-    self, AuditEntry, DeleteOutcome, ManifestRecord, Metadata, NewManifest, Origin, Page,
-    PutOutcome, Referrer, TagAction, TagBinding, TagEvent, TagGuard, TagHistoryEntry,
+    self, AuditEntry, DeleteOutcome, FinishOutcome, ManifestRecord, Metadata, NewManifest, Origin,
+    Page, PutOutcome, Referrer, TagAction, TagBinding, TagEvent, TagGuard, TagHistoryEntry,
 };
+use crate::policy::retention::{rollback_targets, RetentionPolicy};
 use crate::policy::{self, Decision, RuleSet};
 use crate::storage::{ByteStream, MeteredStore, StoredPart};
 
@@ -81,6 +83,7 @@ pub struct Registry {
     blobs: MeteredStore,
     limits: Limits,
     rules: Arc<RuleSet>,
+    retention: Arc<RetentionPolicy>,
     /// Manifest bytes by digest. Content-addressed bytes never change, so the
     /// cache needs no invalidation; whether a repository may serve a digest is
     /// still asked of the database on every request.
@@ -101,12 +104,19 @@ impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
 const MANIFEST_CACHE_BYTES: u64 = 32 << 20;
 
 impl Registry {
-    pub fn new(meta: Metadata, blobs: MeteredStore, limits: Limits, rules: RuleSet) -> Registry {
+    pub fn new(
+        meta: Metadata,
+        blobs: MeteredStore,
+        limits: Limits,
+        rules: RuleSet,
+        retention: RetentionPolicy,
+    ) -> Registry {
         Registry {
             meta,
             blobs,
             limits,
             rules: Arc::new(rules),
+            retention: Arc::new(retention),
             manifests: Arc::new(quick_cache::sync::Cache::with_weighter(
                 4096,
                 MANIFEST_CACHE_BYTES,
@@ -135,6 +145,38 @@ impl Registry {
                 TagGuard::Allow { rule: d.rule }
             }
         }
+    }
+
+    /// What protects artifacts of `repo` from deletion, given the stored
+    /// promotions and holds: rollback targets (current and previous K per
+    /// environment, K from the retention policy) and legal holds, with reasons.
+    pub(crate) fn protect(
+        &self,
+        repo: &RepoName,
+    ) -> impl Fn(&metadata::ProtectionFacts) -> BTreeMap<String, Vec<String>> + Sync + '_ {
+        let depth = self.retention.rollback_depth(repo.as_str());
+        move |facts: &metadata::ProtectionFacts| {
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (digest, labels) in rollback_targets(&facts.promotions, depth) {
+                out.entry(digest)
+                    .or_default()
+                    .extend(labels.into_iter().map(|l| format!("rollback target: {l}")));
+            }
+            for (digest, reasons) in &facts.holds {
+                out.entry(digest.clone())
+                    .or_default()
+                    .extend(reasons.iter().map(|r| format!("legal hold: {r}")));
+            }
+            out
+        }
+    }
+
+    pub fn retention_policy(&self) -> &RetentionPolicy {
+        &self.retention
+    }
+
+    pub(crate) fn blob_store(&self) -> &MeteredStore {
+        &self.blobs
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -201,8 +243,22 @@ impl Registry {
         origin: &Origin,
     ) -> Result<()> {
         let guard = self.guard(repo);
-        match self.meta.unlink_blob(repo, digest, &guard, origin).await? {
+        let protect = self.protect(repo);
+        match self
+            .meta
+            .unlink_blob(repo, digest, &guard, &protect, origin)
+            .await?
+        {
             DeleteOutcome::Deleted => Ok(()),
+            DeleteOutcome::Protected(reasons) => {
+                self.audit_protected("blob.delete", repo, digest.as_str(), &reasons, origin)
+                    .await?;
+                Err(Error::Protected {
+                    repository: repo.clone(),
+                    digest: digest.to_string(),
+                    reasons,
+                })
+            }
             DeleteOutcome::NotFound => Err(Error::BlobUnknown(digest.clone())),
             DeleteOutcome::Denied(tags) => {
                 self.audit_denied("blob.delete", repo, digest.as_str(), &tags, origin)
@@ -214,6 +270,35 @@ impl Registry {
                 })
             }
         }
+    }
+
+    /// Waits until `digest` may be written: not claimed by a garbage
+    /// collection in progress (see `Metadata::claim_blob`). A collection deletes
+    /// one blob in milliseconds; after 10 s the request fails as retryable.
+    async fn claim(&self, digest: &Digest) -> Result<()> {
+        for _ in 0..100 {
+            if self.meta.claim_blob(digest).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(Error::Collecting(digest.to_string()))
+    }
+
+    /// Records a delete refused by a protection in the audit trail.
+    async fn audit_protected(
+        &self,
+        action: &'static str,
+        repo: &RepoName,
+        digest: &str,
+        reasons: &[String],
+        origin: &Origin,
+    ) -> Result<()> {
+        let e = AuditEntry::denied(action, repo.as_str())
+            .digest(digest)
+            .detail(serde_json::json!({ "protected_by": reasons }));
+        self.meta.audit_append(origin, &[e]).await?;
+        Ok(())
     }
 
     /// Records a refused delete in the audit trail (the delete itself rolled back).
@@ -271,9 +356,14 @@ impl Registry {
         let repo_id = self.meta.ensure_repository(repo).await?;
         let entry = AuditEntry::ok("blob.mount", repo.as_str())
             .detail(serde_json::json!({ "from": from.as_str(), "size": size }));
-        self.meta
+        if !self
+            .meta
             .link_blob(repo_id, digest, size, origin, entry)
-            .await?;
+            .await?
+        {
+            // Being collected: the client uploads it instead.
+            return Ok(None);
+        }
         Ok(Some(BlobLocation {
             digest: digest.clone(),
             size,
@@ -309,12 +399,18 @@ impl Registry {
                 actual,
             });
         }
+        self.claim(digest).await?;
         self.blobs.commit_parts(&parts, digest).await?;
         let entry = AuditEntry::ok("blob.push", repo.as_str())
             .detail(serde_json::json!({ "size": size, "upload": "monolithic" }));
-        self.meta
+        if !self
+            .meta
             .link_blob(repo_id, digest, size, origin, entry)
-            .await?;
+            .await?
+        {
+            self.blobs.delete_parts(&keys(&parts)).await;
+            return Err(Error::Collecting(digest.to_string()));
+        }
         self.blobs.delete_parts(&keys(&parts)).await;
         Ok(BlobLocation {
             digest: digest.clone(),
@@ -481,6 +577,7 @@ impl Registry {
         let mut parts = u.parts.clone();
         parts.extend(last.clone());
         let size: u64 = parts.iter().map(|p| p.size).sum();
+        self.claim(digest).await?;
         if digest.algorithm() == alg {
             let actual = hasher.finish();
             if &actual != digest {
@@ -502,7 +599,7 @@ impl Registry {
                 actual,
             });
         }
-        if !self
+        match self
             .meta
             .finish_upload(
                 &u.id,
@@ -516,10 +613,17 @@ impl Registry {
             )
             .await?
         {
-            // Cancelled, finished or extended by another request meanwhile. The
-            // blob stored above is still exactly its digest's bytes.
-            discard_last().await;
-            return Err(Error::UploadUnknown(id.to_string()));
+            FinishOutcome::Done => {}
+            FinishOutcome::Gone => {
+                // Cancelled, finished or extended by another request meanwhile.
+                // The blob stored above is still exactly its digest's bytes.
+                discard_last().await;
+                return Err(Error::UploadUnknown(id.to_string()));
+            }
+            FinishOutcome::Collecting => {
+                discard_last().await;
+                return Err(Error::Collecting(digest.to_string()));
+            }
         }
         self.blobs.delete_parts(&keys(&parts)).await;
         Ok(BlobLocation {
@@ -634,6 +738,7 @@ impl Registry {
         let size = bytes.len() as u64;
         // Kept only when the BuildKit option may need to compare it after a refusal.
         let parsed_for_equivalence = self.rules.index_equivalence.then(|| parsed.clone());
+        self.claim(&digest).await?;
         self.blobs.put_verified(&digest, bytes.clone()).await?;
         let record = NewManifest {
             digest: digest.clone(),
@@ -644,6 +749,7 @@ impl Registry {
             annotations: parsed.annotations,
             blobs: blob_refs,
             children,
+            require_blobs: !self.limits.allow_sparse_manifests,
         };
         let bindings: Vec<TagBinding> = tags
             .into_iter()
@@ -668,6 +774,8 @@ impl Registry {
                 }
                 Ok(PushedManifest { digest, subject })
             }
+            PutOutcome::Collecting(d) => Err(Error::Collecting(d)),
+            PutOutcome::MissingBlob(d) => Err(Error::ManifestBlobUnknown(d)),
             PutOutcome::Denied(denied) => {
                 if let Some(new) = &parsed_for_equivalence {
                     if let Some(kept) = self
@@ -740,12 +848,15 @@ impl Registry {
             .filter(|b| !denied.iter().any(|d| d.tag == b.tag.as_str()))
             .cloned()
             .collect();
-        if let PutOutcome::Denied(_) = self
+        match self
             .meta
             .put_manifest(repo_id, repo.as_str(), record, &others, origin)
             .await?
         {
-            return Ok(None);
+            PutOutcome::Stored(_) => {}
+            PutOutcome::Denied(_) => return Ok(None),
+            PutOutcome::Collecting(d) => return Err(Error::Collecting(d)),
+            PutOutcome::MissingBlob(d) => return Err(Error::ManifestBlobUnknown(d)),
         }
         let events: Vec<TagEvent> = denied
             .iter()
@@ -817,13 +928,28 @@ impl Registry {
         origin: &Origin,
     ) -> Result<()> {
         let guard = self.guard(repo);
+        let protect = self.protect(repo);
         let outcome = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d, &guard, origin).await?,
+            Reference::Digest(d) => {
+                self.meta
+                    .delete_manifest(repo, d, &guard, &protect, origin)
+                    .await?
+            }
             Reference::Tag(t) => self.meta.delete_tag(repo, t, &guard, origin).await?,
         };
         match outcome {
             DeleteOutcome::Deleted => Ok(()),
             DeleteOutcome::NotFound => Err(Error::ManifestUnknown(reference.to_string())),
+            DeleteOutcome::Protected(reasons) => {
+                let digest = reference.to_string();
+                self.audit_protected("manifest.delete", repo, &digest, &reasons, origin)
+                    .await?;
+                Err(Error::Protected {
+                    repository: repo.clone(),
+                    digest,
+                    reasons,
+                })
+            }
             DeleteOutcome::Denied(tags) => {
                 let action = match reference {
                     Reference::Digest(_) => "manifest.delete",

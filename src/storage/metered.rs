@@ -97,6 +97,12 @@ impl MeteredStore {
     }
 
     /// See [`BlobStore::exists`].
+    /// See [`BlobStore::delete_blob`].
+    pub async fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        self.timed("delete_blob", self.inner.delete_blob(digest))
+            .await
+    }
+
     pub async fn exists(&self, digest: &Digest) -> Result<bool> {
         self.timed("exists", self.inner.exists(digest)).await
     }

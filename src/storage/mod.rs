@@ -363,6 +363,16 @@ impl BlobStore {
         }
     }
 
+    /// Deletes a blob's bytes (garbage collection, after the metadata claimed
+    /// it). Already gone is fine: a collection interrupted after this step
+    /// repeats it.
+    pub async fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        match self.store.delete(&Self::blob_path(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn exists(&self, digest: &Digest) -> Result<bool> {
         match self.store.head(&Self::blob_path(digest)).await {
             Ok(_) => Ok(true),
