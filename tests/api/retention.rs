@@ -687,3 +687,209 @@ both!(with aggressive:
     gc_races_pushes_and_deletes,
 );
 both!(with hour_grace: grace_protects_fresh_uploads);
+
+fn scheduled_gc(c: &mut Config) {
+    aggressive(c);
+    c.gc.interval_secs = 1;
+}
+
+/// `serve` collects on its schedule: an unreferenced blob disappears by itself.
+async fn serve_collects_on_a_schedule(app: TestApp) {
+    let d = app.push_blob("svc/orphan", b"never referenced").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = app.get(&format!("/v2/svc/orphan/blobs/{d}")).await.status();
+        if s == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not collected within 15 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let runs: Value = app
+        .get("/api/v1/audit?action=gc.run")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(!runs["entries"].as_array().unwrap().is_empty());
+}
+
+/// A repository with 2,500 artifacts (tags, an index per 10 images, referrers,
+/// promotions) is planned in well under the time an operator waits; the plan
+/// keeps every rollback target.
+async fn thousands_of_artifacts_are_planned_quickly(app: TestApp) {
+    use cairn::domain::{Digest, RepoName, Tag};
+    use cairn::metadata::{DbOptions, Metadata, NewManifest, Origin, TagBinding};
+    let meta = Metadata::connect(&DbOptions {
+        url: app.config.database.url.clone(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let repo: RepoName = "svc/big".parse().unwrap();
+    let id = meta.ensure_repository(&repo).await.unwrap();
+    let origin = Origin::system("seed");
+    let mut images = Vec::new();
+    let manifest = |seed: String, children: Vec<Digest>, subject: Option<Digest>| NewManifest {
+        digest: Digest::compute(cairn::domain::Algorithm::Sha256, seed.as_bytes()),
+        media_type: OCI_MANIFEST.into(),
+        artifact_type: None,
+        subject,
+        size: seed.len() as u64,
+        annotations: Default::default(),
+        blobs: vec![],
+        children,
+        require_blobs: false,
+    };
+    let mut n = 0;
+    for i in 0..2000 {
+        let m = manifest(format!("image {i}"), vec![], None);
+        let tag = TagBinding {
+            tag: format!("b{i}").parse::<Tag>().unwrap(),
+            immutable: true,
+            rule: "default".into(),
+        };
+        meta.put_manifest(id, repo.as_str(), &m, &[tag], &origin)
+            .await
+            .unwrap();
+        images.push(m.digest.clone());
+        n += 1;
+        if i % 10 == 9 {
+            let idx = manifest(format!("index {i}"), images[i - 9..=i].to_vec(), None);
+            meta.put_manifest(id, repo.as_str(), &idx, &[], &origin)
+                .await
+                .unwrap();
+            let sig = manifest(format!("sig {i}"), vec![], Some(images[i].clone()));
+            meta.put_manifest(id, repo.as_str(), &sig, &[], &origin)
+                .await
+                .unwrap();
+            n += 2;
+        }
+    }
+    assert_eq!(n, 2400);
+    for i in (0..2000).step_by(100) {
+        assert_eq!(
+            promote(&app, "svc/big", &format!("b{i}"), "prod")
+                .await
+                .status(),
+            201
+        );
+    }
+    let started = Instant::now();
+    let p = plan(&app, "svc/big").await;
+    let took = started.elapsed();
+    eprintln!(
+        "planned {n} artifacts of svc/big on {:?} in {took:?}",
+        app.db
+    );
+    let doomed = planned(&p);
+    // Rollback depth 2: prod current (b1900), previous #1 (b1800), #2 (b1700).
+    for i in [1700, 1800, 1900] {
+        assert!(
+            !doomed.contains(images[i].as_str()),
+            "b{i} is a rollback target"
+        );
+    }
+    assert!(doomed.contains(images[1600].as_str()));
+    assert!(took < Duration::from_secs(30), "planning took {took:?}");
+    meta.close().await;
+}
+
+/// The same operations from a shell: `cairn promote`, `hold`, `retention
+/// plan|apply`, `gc`, `audit verify|export`, on the server's database.
+async fn the_cli_does_what_the_api_does(app: TestApp) {
+    let repo = "svc/cli";
+    let mut digests = Vec::new();
+    for i in 1..=4 {
+        digests.push(
+            image(&app, repo, &format!("v{i}"), &format!("cli {i}"))
+                .await
+                .0,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("cairn.toml");
+    std::fs::write(&config_path, toml::to_string(&app.config).unwrap()).unwrap();
+    let cairn = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .env("CAIRN_LOG__LEVEL", "warn")
+            .output()
+            .expect("run cairn");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cairn(&["promote", &format!("{repo}:v1"), "--env", "prod"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("promoted to prod"), "{out}");
+    let (code, out, err) = cairn(&[
+        "hold",
+        "add",
+        &format!("{repo}@{}", digests[1]),
+        "--reason",
+        "case-77",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("case-77"));
+    let (code, out, _) = cairn(&["promote", &format!("{repo}:nope"), "--env", "prod"]);
+    assert_ne!(code, Some(0));
+    assert!(out.is_empty());
+
+    let (code, out, err) = cairn(&["retention", "plan", "--repo", repo, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    // keep_last 1 keeps v4; v1 is prod's current; v2 is held; v3 goes.
+    assert_eq!(planned(&plan), [digests[2].clone()].into());
+    let (code, table, _) = cairn(&["retention", "plan", "--repo", repo]);
+    assert_eq!(code, Some(0));
+    assert!(
+        table.contains("DELETE") && table.contains("legal hold: case-77"),
+        "{table}"
+    );
+    let (code, out, err) = cairn(&[
+        "retention",
+        "apply",
+        "--plan",
+        plan["id"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["deleted"][0]["digest"], digests[2]);
+    assert_eq!(
+        app.get(&format!("/v2/{repo}/manifests/v3")).await.status(),
+        404
+    );
+
+    let (code, out, err) = cairn(&["gc", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let gc: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(gc["blobs"], 2, "v3's layer and manifest: {gc}");
+
+    let (code, out, _) = cairn(&["audit", "verify"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("no broken link"), "{out}");
+    let export = dir.path().join("audit.jsonl");
+    let (code, _, err) = cairn(&[
+        "audit",
+        "export",
+        "--action",
+        "hold.add",
+        "-o",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines = std::fs::read_to_string(&export).unwrap();
+    let entry: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["detail"]["reason"], "case-77");
+    assert!(entry["actor"].as_str().unwrap().starts_with("cli:"));
+}
+
+both!(with scheduled_gc: serve_collects_on_a_schedule);
+both!(with aggressive: thousands_of_artifacts_are_planned_quickly, the_cli_does_what_the_api_does);
