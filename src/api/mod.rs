@@ -6,6 +6,7 @@ mod blobs;
 mod listing;
 mod manifests;
 mod observe;
+mod provenance_api;
 pub mod routes;
 mod tags_api;
 mod uploads;
@@ -50,6 +51,12 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route("/api/v1/audit/export", get(audit_api::export))
         .route("/api/v1/audit/verify", get(audit_api::verify))
         .route("/api/v1/repositories/{*rest}", get(tags_api::repository))
+        .route("/api/v1/provenance", get(provenance_api::search))
+        .route(
+            "/api/v1/provenance/{*rest}",
+            get(provenance_api::artifact).put(provenance_api::artifact),
+        )
+        .route("/api/v1/openapi.json", get(provenance_api::openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(observe::readyz));
     if serve_metrics {

@@ -7,10 +7,12 @@
 //! garbage collection), never a row pointing at missing content.
 
 mod audit;
+mod provenance;
 mod pull_stats;
 mod registry;
 mod stats;
 
+pub use provenance::{IngestedStatement, EXTRACTION_SLOTS, MAX_ATTESTATION_BYTES};
 pub use pull_stats::{FlushFailed, PullStats};
 pub use registry::{
     BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry, UploadProgress,
@@ -74,6 +76,9 @@ pub enum Error {
         attempted: Option<Digest>,
         tags: Vec<metadata::DeniedTag>,
     },
+    /// A provenance document that cannot be parsed or is about another artifact.
+    #[error("{0}")]
+    ProvenanceInvalid(String),
     #[error(transparent)]
     Storage(storage::Error),
     #[error(transparent)]
