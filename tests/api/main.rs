@@ -12,4 +12,5 @@ mod metadata;
 mod metrics;
 mod process;
 mod protocol;
+mod provenance;
 mod uploads;
