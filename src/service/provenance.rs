@@ -218,7 +218,16 @@ impl Registry {
 
     // ---- the auditor's questions -------------------------------------------
 
+    async fn require_repository(&self, repo: &RepoName) -> Result<()> {
+        match self.metadata().repository_id(repo).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NameUnknown(repo.clone())),
+        }
+    }
+
     /// Every record about `repo@digest` (oldest first, ids above `cursor`).
+    /// The manifest need not be there any more: records outlive a deleted
+    /// manifest, and an auditor may ask about one.
     pub async fn provenance(
         &self,
         repo: &RepoName,
@@ -226,7 +235,7 @@ impl Registry {
         cursor: Option<i64>,
         n: Option<u32>,
     ) -> Result<Vec<ProvenanceRecord>> {
-        self.require_manifest(repo, digest).await?;
+        self.require_repository(repo).await?;
         Ok(self
             .metadata()
             .provenance_of(repo, digest.as_str(), cursor, self.provenance_page(n))
@@ -241,7 +250,7 @@ impl Registry {
         cursor: Option<(i64, i32)>,
         n: Option<u32>,
     ) -> Result<Vec<MaterialRecord>> {
-        self.require_manifest(repo, digest).await?;
+        self.require_repository(repo).await?;
         Ok(self
             .metadata()
             .provenance_materials(repo, digest.as_str(), cursor, self.provenance_page(n))

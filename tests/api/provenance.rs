@@ -16,7 +16,7 @@ use cairn::config::Config;
 use cairn::policy::{Mutability, RuleSpec};
 
 use crate::e2e::{path_str, run, tar};
-use crate::helpers::{image_manifest, sha256, TestApp, OCI_INDEX, OCI_MANIFEST};
+use crate::helpers::{error_code, image_manifest, sha256, TestApp, OCI_INDEX, OCI_MANIFEST};
 
 const COMMIT: &str = "4b220de5058abfd01ff619c9d2ff6b09a049bea0";
 const REPO_URL: &str = "https://github.com/cairn-test/app";
@@ -192,14 +192,14 @@ async fn ci_statements_are_stored_and_searchable(app: TestApp) {
     // Search: by commit, builder, source in other spellings, material, repository.
     assert_eq!(
         digests(&get_json(&app, &format!("/api/v1/provenance?revision={COMMIT}")).await),
-        [d1.clone()]
+        [d1.as_str()]
     );
     assert_eq!(
         digests(&get_json(&app, &format!("/api/v1/provenance?revision={other}")).await),
-        [d2.clone()]
+        [d2.as_str()]
     );
     let q = format!("/api/v1/provenance?builder={}", urlenc(BUILDER));
-    assert_eq!(digests(&get_json(&app, &q).await), [d1.clone()]);
+    assert_eq!(digests(&get_json(&app, &q).await), [d1.as_str()]);
     for spelling in [
         "https://github.com/cairn-test/app",
         "git@github.com:Cairn-Test/App.git",
@@ -356,6 +356,14 @@ async fn subject_mismatch_is_refused(app: TestApp) {
         .as_str()
         .unwrap()
         .contains("push the manifest first"));
+    // Reads need the repository, not the manifest (records outlive it).
+    let r = app
+        .get(&format!("/api/v1/provenance/prov/nowhere@{d}"))
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "NAME_UNKNOWN");
+    let none = get_json(&app, &format!("/api/v1/provenance/{repo}@{elsewhere}")).await;
+    assert!(records(&none).is_empty());
 }
 
 /// Every shape of garbage, with a name for the failure message.
@@ -478,7 +486,7 @@ async fn malformed_attestations_never_fail_a_push(app: TestApp) {
     assert_eq!(parsed[0]["facts"]["revision"], COMMIT);
     // Only the parsed statement is found by commit.
     let hits = get_json(&app, &format!("/api/v1/provenance?revision={COMMIT}")).await;
-    assert_eq!(digests(&hits), [d.clone()]);
+    assert_eq!(digests(&hits), [d.as_str()]);
     // The registry still answers normally.
     assert_eq!(
         app.get(&format!("/v2/{repo}/manifests/v1")).await.status(),
@@ -707,7 +715,7 @@ print(r.headers.get("Docker-Content-Digest"))
         |v| !digests(v).is_empty(),
     )
     .await;
-    assert_eq!(digests(&v), [d.clone()]);
+    assert_eq!(digests(&v), [d.as_str()]);
     assert_eq!(v["artifacts"][0]["source"], "attestation");
     assert_eq!(v["artifacts"][0]["tags"], json!(["v1"]));
 }
