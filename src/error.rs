@@ -31,6 +31,9 @@ pub enum Code {
     TooManyRequests,
     /// The request's range cannot be satisfied (416).
     RangeInvalid,
+    /// A provenance document that cannot be parsed, or whose statements are
+    /// about another artifact (400).
+    ProvenanceInvalid,
     /// A dependency (database, object store) is unavailable; retry later (503).
     Unavailable,
     /// A bug or an unexpected failure (500).
@@ -116,6 +119,11 @@ impl Code {
                 "RANGE_INVALID",
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "requested range not satisfiable",
+            ),
+            ProvenanceInvalid => (
+                "PROVENANCE_INVALID",
+                StatusCode::BAD_REQUEST,
+                "provenance document invalid",
             ),
             Unavailable => (
                 "UNAVAILABLE",
@@ -254,6 +262,7 @@ impl From<service::Error> for ApiError {
             E::Invalid(_) => {
                 ApiError::new(Code::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
             }
+            E::ProvenanceInvalid(_) => ApiError::new(Code::ProvenanceInvalid, msg),
             // 409 rather than DENIED's usual 403: the request conflicts with the
             // tag's current state; the same credentials could not make it succeed.
             E::Denied {
@@ -334,6 +343,7 @@ mod tests {
             Unsupported,
             TooManyRequests,
             RangeInvalid,
+            ProvenanceInvalid,
             Unavailable,
             Internal,
         ];

@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build provenance: an artifact's records, or artifacts by commit, source or builder.
+    Provenance {
+        #[command(subcommand)]
+        command: ProvenanceCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +114,34 @@ enum RetentionCommand {
         repo: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvenanceCommand {
+    /// Every provenance record of `<repository>@<digest>`, as JSON.
+    Show {
+        /// `<repository>@<digest>`
+        reference: String,
+    },
+    /// Artifacts whose provenance matches every filter given, as JSON.
+    Query {
+        /// Source commit.
+        #[arg(long)]
+        revision: Option<String>,
+        /// Source repository URL (any spelling: scheme, user, case, `.git` are ignored).
+        #[arg(long)]
+        source: Option<String>,
+        /// Builder id.
+        #[arg(long)]
+        builder: Option<String>,
+        #[arg(long)]
+        repository: Option<String>,
+        #[arg(long)]
+        predicate_type: Option<String>,
+        /// A build input's digest or URI.
+        #[arg(long)]
+        material: Option<String>,
     },
 }
 
@@ -307,6 +340,37 @@ async fn main() -> anyhow::Result<()> {
                     meta.close().await;
                 }
             }
+        }
+        Command::Provenance { command } => {
+            let meta = cairn::open_metadata(&config).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let result = match command {
+                ProvenanceCommand::Show { reference } => {
+                    cairn::cli::provenance::show(&meta, &reference, &mut out).await
+                }
+                ProvenanceCommand::Query {
+                    revision,
+                    source,
+                    builder,
+                    repository,
+                    predicate_type,
+                    material,
+                } => {
+                    let q = cairn::metadata::ProvenanceQuery {
+                        revision,
+                        source,
+                        builder,
+                        repository,
+                        predicate_type,
+                        material,
+                        ..Default::default()
+                    };
+                    cairn::cli::provenance::query(&meta, q, &mut out).await
+                }
+            };
+            meta.close().await;
+            let n = result?;
+            eprintln!("{n} provenance records");
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ mod blobs;
 mod listing;
 mod manifests;
 mod observe;
+mod provenance_api;
 mod retention_api;
 pub mod routes;
 mod tags_api;
@@ -61,6 +62,12 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route("/api/v1/retention/plan", post(retention_api::plan))
         .route("/api/v1/retention/apply", post(retention_api::apply))
         .route("/api/v1/gc", post(retention_api::gc))
+        .route("/api/v1/provenance", get(provenance_api::search))
+        .route(
+            "/api/v1/provenance/{*rest}",
+            get(provenance_api::artifact).put(provenance_api::artifact),
+        )
+        .route("/api/v1/openapi.json", get(provenance_api::openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(observe::readyz));
     if serve_metrics {

@@ -1,7 +1,8 @@
 //! Subcommands that work on the registry's database and storage directly
-//! (`cairn audit …`, and the operations that run without a server).
+//! (`cairn audit …`, `cairn provenance …`, and the operations that run without a server).
 
 pub mod audit;
+pub mod provenance;
 pub mod retention;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

@@ -842,6 +842,17 @@ fn strip_credentials(url: &str) -> String {
     url.to_owned()
 }
 
+/// The key a source URL is searched by: the repository URL without `git+`, a
+/// ref, credentials, scheme, user, case, a trailing `/` or a `.git` suffix, so
+/// that `https://github.com/Org/App.git`, `git+https://github.com/org/app@main`
+/// and `git@github.com:org/app` all become `github.com/org/app`. `None` when
+/// nothing of a URL is left.
+pub fn source_key(url: &str) -> Option<String> {
+    split_source(url)
+        .map(|(u, _)| repository_key(&u))
+        .filter(|k| !k.is_empty())
+}
+
 /// Whether two source URLs name the same repository, ignoring scheme, user,
 /// case, a trailing `/` and a `.git` suffix.
 fn same_repository(a: &str, b: &str) -> bool {
@@ -940,6 +951,24 @@ mod tests {
     const IMAGE: &str = "sha256:9b4a1f3c0d2e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
     const IMAGE_HEX: &str = "9b4a1f3c0d2e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
     const COMMIT: &str = "4b220de5058abfd01ff619c9d2ff6b09a049bea0";
+
+    #[test]
+    fn source_keys_ignore_scheme_user_case_refs_and_git_suffix() {
+        for url in [
+            "https://github.com/Org/App.git",
+            "git+https://github.com/org/app@main",
+            "git@github.com:org/app",
+            "ssh://git@github.com/org/app/",
+            "https://token:x-oauth@github.com/org/app#refs/heads/main",
+        ] {
+            assert_eq!(
+                source_key(url).as_deref(),
+                Some("github.com/org/app"),
+                "{url}"
+            );
+        }
+        assert_eq!(source_key("  "), None);
+    }
 
     fn one(bytes: &[u8]) -> Statement {
         let mut all = parse_document(bytes).expect("document parses");

@@ -1636,11 +1636,16 @@ where
 // After the macros it uses.
 mod audit;
 mod gc;
+mod provenance;
 mod pulls;
 mod retention;
 
 pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
+};
+pub use provenance::{
+    MaterialRecord, NewProvenance, ProvenancePage, ProvenanceQuery, ProvenanceRecord,
+    StoredProvenance, SOURCE_API, SOURCE_ATTESTATION, SOURCE_LABELS,
 };
 pub use pulls::{
     ArtifactSort, ArtifactStats, PullCount, RepositoryPulls, RepositoryStats, TagStats,

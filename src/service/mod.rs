@@ -8,12 +8,14 @@
 
 mod audit;
 mod gc;
+mod provenance;
 mod pull_stats;
 mod registry;
 mod retention;
 mod stats;
 
 pub use gc::GcReport;
+pub use provenance::{IngestedStatement, EXTRACTION_SLOTS, MAX_ATTESTATION_BYTES};
 pub use pull_stats::{FlushFailed, PullStats};
 pub use registry::{
     BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry, UploadProgress,
@@ -93,6 +95,9 @@ pub enum Error {
     /// A request the JSON API cannot act on, with what to fix.
     #[error("{0}")]
     Invalid(String),
+    /// A provenance document that cannot be parsed or is about another artifact.
+    #[error("{0}")]
+    ProvenanceInvalid(String),
     #[error(transparent)]
     Storage(storage::Error),
     #[error(transparent)]

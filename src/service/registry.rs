@@ -88,6 +88,8 @@ pub struct Registry {
     /// cache needs no invalidation; whether a repository may serve a digest is
     /// still asked of the database on every request.
     manifests: Arc<quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>>,
+    /// Provenance extractions allowed to run at once (see `service::provenance`).
+    extractions: Arc<tokio::sync::Semaphore>,
 }
 
 /// Weighs cached manifests by their size, so the cache is bounded in bytes.
@@ -122,7 +124,20 @@ impl Registry {
                 MANIFEST_CACHE_BYTES,
                 ManifestWeight,
             )),
+            extractions: Arc::new(tokio::sync::Semaphore::new(
+                super::provenance::EXTRACTION_SLOTS,
+            )),
         }
+    }
+
+    pub(super) fn blob_store(&self) -> &MeteredStore {
+        &self.blobs
+    }
+
+    /// Waits for a turn to extract provenance (`None`: the semaphore was closed,
+    /// which never happens; extraction then simply proceeds).
+    pub(super) async fn extraction_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.extractions.acquire().await.ok()
     }
 
     /// The immutability decision for a tag, and the rule that made it.
@@ -173,10 +188,6 @@ impl Registry {
 
     pub fn retention_policy(&self) -> &RetentionPolicy {
         &self.retention
-    }
-
-    pub(crate) fn blob_store(&self) -> &MeteredStore {
-        &self.blobs
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -768,6 +779,8 @@ impl Registry {
             .await?
         {
             PutOutcome::Stored(events) => {
+                let tags: Vec<Tag> = bindings.iter().map(|b| b.tag.clone()).collect();
+                self.extract_provenance(repo, &digest, &tags, bytes.clone(), origin);
                 self.manifests.insert(digest.clone(), bytes);
                 for e in events {
                     tracing::info!(tag = %e.tag, action = e.action.as_str(), digest = %e.digest, rule = %e.rule, "tag event");

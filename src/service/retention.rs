@@ -57,6 +57,20 @@ pub struct PromotedArtifact {
     pub tags: Vec<String>,
     pub promoted_at: i64,
     pub promoted_by: String,
+    /// Where it was built from, as far as provenance says (parsed records).
+    pub provenance: Vec<ProvenanceSummary>,
+}
+
+/// The facts of one provenance record an on-call engineer needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvenanceSummary {
+    pub source: String,
+    pub source_uri: Option<String>,
+    pub revision: Option<String>,
+    pub builder_id: Option<String>,
+    pub predicate_type: Option<String>,
+    /// Unix milliseconds: build finished, else started, else image created.
+    pub built_at: Option<i64>,
 }
 
 /// "What do I roll back to?"
@@ -177,12 +191,28 @@ impl Registry {
             let Some(label) = labels.get(&p.digest).and_then(|l| l.first()) else {
                 break;
             };
+            let provenance = self
+                .metadata()
+                .provenance_of(repo, &p.digest, None, 20)
+                .await?
+                .into_iter()
+                .filter(|r| r.parsed)
+                .map(|r| ProvenanceSummary {
+                    built_at: r.finished_at.or(r.started_at).or(r.image_created_at),
+                    source: r.source,
+                    source_uri: r.source_uri,
+                    revision: r.revision,
+                    builder_id: r.builder_id,
+                    predicate_type: r.predicate_type,
+                })
+                .collect();
             targets.push(PromotedArtifact {
                 digest: p.digest.clone(),
                 label: label.clone(),
                 tags: self.metadata().tags_of(id, &p.digest).await?,
                 promoted_at: p.at,
                 promoted_by: p.actor.clone(),
+                provenance,
             });
         }
         Ok(RollbackAnswer {

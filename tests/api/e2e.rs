@@ -68,7 +68,7 @@ async fn exec(program: &str, args: &[&str]) -> Output {
 }
 
 /// Runs a command that must succeed within [`COMMAND_TIMEOUT`]; returns stdout.
-async fn run(program: &str, args: &[&str]) -> String {
+pub(crate) async fn run(program: &str, args: &[&str]) -> String {
     let line = format!("{program} {}", args.join(" "));
     let started = std::time::Instant::now();
     let out = tokio::time::timeout(COMMAND_TIMEOUT, exec(program, args))
@@ -94,7 +94,7 @@ async fn run_failing(program: &str, args: &[&str]) -> String {
 }
 
 /// A ustar archive holding `files` (regular files, mode 0644).
-fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, data) in files {
         let mut h = [0u8; 512];
@@ -122,7 +122,7 @@ fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn path_str(p: &Path) -> &str {
+pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 

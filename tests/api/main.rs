@@ -12,5 +12,6 @@ mod metadata;
 mod metrics;
 mod process;
 mod protocol;
+mod provenance;
 mod retention;
 mod uploads;

@@ -120,6 +120,31 @@ async fn promotions_answer_what_to_roll_back_to(app: TestApp) {
     assert_eq!(body["promotion"]["digest"], d[4]);
     assert_eq!(body["promotion"]["actor"], "127.0.0.1");
 
+    // CI recorded how v2 was built: the rollback answer says so.
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": repo, "digest": {"sha256": d[1].trim_start_matches("sha256:")}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {
+                "buildType": "https://example.com/ci@v1",
+                "externalParameters": {},
+                "resolvedDependencies": [
+                    {"uri": "git+https://git.example.com/svc/api", "digest": {"gitCommit": commit}}
+                ]
+            },
+            "runDetails": {"builder": {"id": "https://ci.example.com/runner"}}
+        }
+    });
+    let r = app
+        .req(Method::PUT, &format!("/api/v1/provenance/{repo}@{}", d[1]))
+        .json(&statement)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
     let r = app
         .get(&format!(
             "/api/v1/repositories/{repo}/environments/prod/rollback"
@@ -127,6 +152,11 @@ async fn promotions_answer_what_to_roll_back_to(app: TestApp) {
         .await;
     assert_eq!(r.status(), 200);
     let a: Value = r.json().await.unwrap();
+    assert_eq!(a["rollback_to"]["provenance"][0]["revision"], commit);
+    assert_eq!(
+        a["rollback_to"]["provenance"][0]["builder_id"],
+        "https://ci.example.com/runner"
+    );
     assert_eq!(a["current"]["digest"], d[2]);
     assert_eq!(a["current"]["tags"], json!(["v3"]));
     assert_eq!(a["rollback_to"]["digest"], d[1]);
