@@ -50,6 +50,7 @@ pub struct App {
     gc: config::GcConfig,
     /// Scheduled retention runs (zero: none).
     retention_every: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Connects to the database named in `config` and applies migrations.
@@ -112,7 +113,7 @@ impl App {
         registry.record_policy(config.policy_document()).await?;
         let state = api::AppState {
             registry: registry.clone(),
-            metrics,
+            metrics: metrics.clone(),
             pulls: pulls.clone(),
             gc_grace: Duration::from_secs(config.gc.grace_secs),
         };
@@ -135,6 +136,7 @@ impl App {
             upload_expiry: Duration::from_secs(config.limits.upload_expiry_secs),
             gc: config.gc.clone(),
             retention_every: Duration::from_secs(config.retention.apply_interval_secs),
+            metrics,
         })
     }
 
@@ -196,15 +198,21 @@ impl App {
             let registry = self.registry.clone();
             let grace = Duration::from_secs(self.gc.grace_secs);
             let every = Duration::from_secs(self.gc.interval_secs);
+            let metrics = self.metrics.clone();
             jobs.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
-                    if let Err(e) = registry
+                    match registry
                         .collect_garbage(grace, Duration::ZERO, false, |_, _| {})
                         .await
                     {
-                        tracing::warn!(error = %e, "garbage collection failed");
+                        Ok(r) => {
+                            if let Some(m) = &metrics {
+                                m.gc_finished(r.blobs, r.bytes);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
                     }
                 }
             }));
@@ -212,6 +220,7 @@ impl App {
         if self.retention_every > Duration::ZERO {
             let registry = self.registry.clone();
             let every = self.retention_every;
+            let metrics = self.metrics.clone();
             jobs.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 let origin = metadata::Origin::system("retention");
@@ -222,6 +231,9 @@ impl App {
                         registry.retention_apply(&plan.id, &origin, |_, _| {}).await
                     }
                     .await;
+                    if let (Ok(r), Some(m)) = (&applied, &metrics) {
+                        m.retention_applied(r.deleted.len() as u64, r.refused.len() as u64);
+                    }
                     match applied {
                         Ok(r) => tracing::info!(
                             plan = %r.plan,

@@ -223,6 +223,9 @@ pub(super) async fn apply(State(state): State<Arc<AppState>>, req: Request) -> R
             }
         };
         let report = state.registry.retention_apply(&id, &o, |_, _| {}).await?;
+        if let Some(m) = &state.metrics {
+            m.retention_applied(report.deleted.len() as u64, report.refused.len() as u64);
+        }
         Ok::<_, ApiError>(Json(report).into_response())
     }
     .await;
@@ -244,7 +247,12 @@ pub(super) async fn gc(State(state): State<Arc<AppState>>, req: Request) -> Resp
         .collect_garbage(state.gc_grace, Duration::ZERO, dry_run, |_, _| {})
         .await
     {
-        Ok(r) => Json(r).into_response(),
+        Ok(r) => {
+            if let (Some(m), false) = (&state.metrics, r.dry_run) {
+                m.gc_finished(r.blobs, r.bytes);
+            }
+            Json(r).into_response()
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }

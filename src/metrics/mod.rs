@@ -99,6 +99,11 @@ pub struct Metrics {
     pool_idle: Family<PoolLabel, Gauge>,
     pool_max: Family<PoolLabel, Gauge>,
     pull_stats_flush_errors: Counter,
+    gc_runs: Counter,
+    gc_blobs: Counter,
+    gc_bytes: Counter,
+    retention_deleted: Counter,
+    retention_refused: Counter,
 }
 
 impl Metrics {
@@ -124,6 +129,11 @@ impl Metrics {
             pool_idle: Family::default(),
             pool_max: Family::default(),
             pull_stats_flush_errors: Counter::default(),
+            gc_runs: Counter::default(),
+            gc_blobs: Counter::default(),
+            gc_bytes: Counter::default(),
+            retention_deleted: Counter::default(),
+            retention_refused: Counter::default(),
         };
         registry.register(
             "build",
@@ -217,6 +227,32 @@ impl Metrics {
             "Failed writes of pull statistics to the database (the counts are kept for the next try)",
             m.pull_stats_flush_errors.clone(),
         );
+        registry.register(
+            "gc_runs",
+            "Garbage collections run by this process (schedule or API)",
+            m.gc_runs.clone(),
+        );
+        registry.register(
+            "gc_reclaimed_blobs",
+            "Unreferenced blobs deleted by garbage collection",
+            m.gc_blobs.clone(),
+        );
+        registry.register_with_unit(
+            "gc_reclaimed",
+            "Bytes of unreferenced blobs deleted by garbage collection",
+            Unit::Bytes,
+            m.gc_bytes.clone(),
+        );
+        registry.register(
+            "retention_deleted_artifacts",
+            "Manifests deleted by retention",
+            m.retention_deleted.clone(),
+        );
+        registry.register(
+            "retention_refused_artifacts",
+            "Planned deletions retention refused at apply time (protected or still listed)",
+            m.retention_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -278,6 +314,19 @@ impl Metrics {
 
     pub fn pull_stats_flush_failed(&self) {
         self.pull_stats_flush_errors.inc();
+    }
+
+    /// One finished (not dry) garbage collection.
+    pub fn gc_finished(&self, blobs: u64, bytes: u64) {
+        self.gc_runs.inc();
+        self.gc_blobs.inc_by(blobs);
+        self.gc_bytes.inc_by(bytes);
+    }
+
+    /// One applied retention plan.
+    pub fn retention_applied(&self, deleted: u64, refused: u64) {
+        self.retention_deleted.inc_by(deleted);
+        self.retention_refused.inc_by(refused);
     }
 
     /// The text exposition, after setting the scrape-time gauges

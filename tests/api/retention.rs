@@ -371,6 +371,14 @@ async fn retention_protects_rollback_targets_and_holds(app: TestApp) {
     let r = app.req(Method::POST, "/api/v1/gc").send().await.unwrap();
     let done: Value = r.json().await.unwrap();
     assert_eq!(done["blobs"], 4);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        "cairn_gc_reclaimed_blobs_total 4",
+        "cairn_gc_runs_total 1",
+        "cairn_retention_deleted_artifacts_total 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     assert_eq!(
         app.get(&format!("/v2/{repo}/blobs/{}", imgs[5].1))
             .await
