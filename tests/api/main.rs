@@ -3,6 +3,7 @@
 
 mod audit;
 mod blobs;
+mod crash;
 mod e2e;
 mod helpers;
 mod immutability;
