@@ -60,6 +60,21 @@ pub struct LimitsConfig {
     /// Upload sessions idle this long (seconds) are cancelled and their chunks
     /// deleted; 0 keeps them forever.
     pub upload_expiry_secs: u64,
+    /// Open upload sessions allowed at once (all repositories); beyond it a new
+    /// upload gets 429 with `Retry-After`. 0: no limit.
+    pub max_upload_sessions: u64,
+    /// A client must send a request's headers within this many seconds of
+    /// connecting or of its previous request (slow-loris); else the connection
+    /// is closed.
+    pub header_read_timeout_secs: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// A request body that sends nothing for this many seconds is abandoned with
+    /// 408. 0: no limit.
+    pub body_idle_timeout_secs: u64,
+    /// Requests one client address may have in progress at once; beyond it 429
+    /// with `Retry-After`. 0: no limit.
+    pub max_requests_per_client: usize,
 }
 
 /// Tag immutability rules (see `policy::immutability`). Empty: every tag is
@@ -153,6 +168,11 @@ impl Default for Config {
                 allow_sparse_manifests: l.allow_sparse_manifests,
                 max_page: l.max_page,
                 upload_expiry_secs: 24 * 60 * 60,
+                max_upload_sessions: 10_000,
+                header_read_timeout_secs: 30,
+                max_header_bytes: 64 << 10,
+                body_idle_timeout_secs: 60,
+                max_requests_per_client: 256,
             },
             log: LogConfig {
                 format: "pretty".into(),
@@ -228,6 +248,8 @@ impl Config {
             },
             allow_sparse_manifests: self.limits.allow_sparse_manifests,
             max_page: self.limits.max_page.max(1),
+            max_upload_sessions: self.limits.max_upload_sessions,
+            body_idle_timeout: std::time::Duration::from_secs(self.limits.body_idle_timeout_secs),
         }
     }
 

@@ -257,6 +257,8 @@ impl From<service::Error> for ApiError {
                     .with_status(StatusCode::CONFLICT)
                     .with_detail(detail)
             }
+            E::TooManyUploads(_) => ApiError::new(Code::TooManyRequests, msg)
+                .with_header(header::RETRY_AFTER, "10".to_string()),
             E::Collecting(_) => ApiError::new(Code::Unavailable, msg)
                 .with_header(header::RETRY_AFTER, "1".to_string()),
             E::Invalid(_) => {

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -51,6 +50,75 @@ pub struct App {
     /// Scheduled retention runs (zero: none).
     retention_every: Duration,
     metrics: Option<Arc<Metrics>>,
+    http: HttpOptions,
+}
+
+/// Connection-level limits of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+struct HttpOptions {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then waits for open
+/// connections to finish their requests. HTTP/1.1 (and h2c), with a deadline
+/// for reading request headers (slow-loris) and a cap on their size (431).
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    opts: HttpOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        // hyper's floor for this buffer is 8 KiB.
+        .max_buf_size(opts.max_header_bytes.max(8192));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Responses are written as they stream; without TCP_NODELAY a small
+        // body's last segment waits ~40 ms for the client's delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Connects to the database named in `config` and applies migrations.
@@ -116,6 +184,7 @@ impl App {
             metrics: metrics.clone(),
             pulls: pulls.clone(),
             gc_grace: Duration::from_secs(config.gc.grace_secs),
+            max_requests_per_client: config.limits.max_requests_per_client,
         };
         let metrics_server = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
         let router = api::router(state, config.metrics.enabled && metrics_server.is_none())
@@ -137,6 +206,12 @@ impl App {
             gc: config.gc.clone(),
             retention_every: Duration::from_secs(config.retention.apply_interval_secs),
             metrics,
+            http: HttpOptions {
+                header_read_timeout: Duration::from_secs(
+                    config.limits.header_read_timeout_secs.max(1),
+                ),
+                max_header_bytes: config.limits.max_header_bytes,
+            },
         })
     }
 
@@ -251,19 +326,7 @@ impl App {
             shutdown.await;
             let _ = tx.send(());
         };
-        // Responses are written as they stream; without TCP_NODELAY a small body's
-        // last segment waits ~40 ms for the client's delayed ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(
-            listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signalled);
+        let serve = serve_http(self.listener, self.router, self.http, signalled);
         let timeout = self.shutdown_timeout;
         let result = tokio::select! {
             r = serve => r,

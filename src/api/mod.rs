@@ -3,6 +3,7 @@
 
 mod audit_api;
 mod blobs;
+mod limits;
 mod listing;
 mod manifests;
 mod observe;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub pulls: Option<Arc<PullStats>>,
     /// `gc.grace_secs`, for collections asked for through the API.
     pub gc_grace: std::time::Duration,
+    /// `limits.max_requests_per_client` (0: none).
+    pub max_requests_per_client: usize,
 }
 
 /// The registry's router: the distribution API under `/v2`, the JSON API under
@@ -76,6 +79,10 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
     r.fallback(|| async {
         ApiError::new(Code::Unsupported, "no such endpoint").with_status(StatusCode::NOT_FOUND)
     })
+    .layer(middleware::from_fn_with_state(
+        Arc::new(limits::ClientLimiter::new(state.max_requests_per_client)),
+        limits::per_client,
+    ))
     .layer(middleware::from_fn_with_state(
         state.clone(),
         observe::observe,

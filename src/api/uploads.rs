@@ -1,14 +1,81 @@
 //! Blob uploads: start (end-4a), single POST (end-4b), mount (end-11), chunk
 //! (end-5), finish (end-6), status, cancel (end-13).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
 
 use super::{empty, header_str, Ctx};
 use crate::domain::{Algorithm, ContentRange, Digest, RepoName};
 use crate::error::{upload_range, ApiError, Code};
 use crate::service::{BlobLocation, UploadProgress};
+
+/// Set when a body was abandoned for sending nothing for too long.
+struct Stalled {
+    fired: Arc<AtomicBool>,
+    idle: Duration,
+}
+
+impl Stalled {
+    /// A service error caused by the stall becomes 408; others pass through.
+    fn explain(&self, e: crate::service::Error) -> ApiError {
+        if self.fired.load(Ordering::Relaxed) {
+            ApiError::new(
+                Code::BlobUploadInvalid,
+                format!(
+                    "the request body sent nothing for {} s and was abandoned; \
+                     resume the upload from its last acknowledged offset",
+                    self.idle.as_secs()
+                ),
+            )
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// The request body as a stream that fails when the client sends nothing for
+/// `idle`: a stalled upload must not hold its connection and session forever
+/// (slow-loris). Zero: no limit.
+fn idle_limited(
+    body: Body,
+    idle: Duration,
+) -> (
+    impl futures::Stream<Item = Result<Bytes, String>> + Send,
+    Stalled,
+) {
+    let fired = Arc::new(AtomicBool::new(false));
+    let flag = fired.clone();
+    let stream = futures::stream::unfold(
+        (body.into_data_stream(), flag, false),
+        move |(mut inner, flag, done)| async move {
+            if done {
+                return None;
+            }
+            let next = if idle.is_zero() {
+                inner.next().await
+            } else {
+                match tokio::time::timeout(idle, inner.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        flag.store(true, Ordering::Relaxed);
+                        let msg = format!("no data for {} s", idle.as_secs());
+                        return Some((Err(msg), (inner, flag, true)));
+                    }
+                }
+            };
+            next.map(|r| (r.map_err(|e| e.to_string()), (inner, flag, false)))
+        },
+    );
+    (stream, Stalled { fired, idle })
+}
 
 fn upload_location(repo: &RepoName, id: &str) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
@@ -71,10 +138,12 @@ pub(super) async fn start(
         }
     }
     if let Some(digest) = digest_param(ctx)? {
+        let (body, stalled) = idle_limited(body, ctx.registry.limits().body_idle_timeout);
         let b = ctx
             .registry
-            .upload_whole(repo, &digest, body.into_data_stream(), ctx.origin)
-            .await?;
+            .upload_whole(repo, &digest, body, ctx.origin)
+            .await
+            .map_err(|e| stalled.explain(e))?;
         return Ok(created(repo, &b));
     }
     let algorithm = match ctx.query.get("digest-algorithm") {
@@ -93,16 +162,12 @@ pub(super) async fn patch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let range = content_range(ctx)?;
+    let (body, stalled) = idle_limited(body, ctx.registry.limits().body_idle_timeout);
     let p = ctx
         .registry
-        .append(
-            repo,
-            id,
-            range,
-            content_length(ctx),
-            body.into_data_stream(),
-        )
-        .await?;
+        .append(repo, id, range, content_length(ctx), body)
+        .await
+        .map_err(|e| stalled.explain(e))?;
     Ok(accepted(repo, &p))
 }
 
@@ -120,6 +185,7 @@ pub(super) async fn put(
         )
     })?;
     let range = content_range(ctx)?;
+    let (body, stalled) = idle_limited(body, ctx.registry.limits().body_idle_timeout);
     let b = ctx
         .registry
         .finish_upload(
@@ -128,10 +194,11 @@ pub(super) async fn put(
             &digest,
             range,
             content_length(ctx),
-            body.into_data_stream(),
+            body,
             ctx.origin,
         )
-        .await?;
+        .await
+        .map_err(|e| stalled.explain(e))?;
     Ok(created(repo, &b))
 }
 

@@ -92,6 +92,9 @@ pub enum Error {
     /// a grace period shorter than the request); retrying succeeds.
     #[error("{0} is being garbage-collected; retry the request")]
     Collecting(String),
+    /// The registry holds as many open upload sessions as it allows.
+    #[error("the registry already has {0} upload sessions in progress; finish or cancel some, or retry later")]
+    TooManyUploads(u64),
     /// A request the JSON API cannot act on, with what to fix.
     #[error("{0}")]
     Invalid(String),

@@ -29,6 +29,10 @@ pub struct Limits {
     pub allow_sparse_manifests: bool,
     /// Page size used when a listing request gives no `n`, and the cap on `n`.
     pub max_page: u32,
+    /// Open upload sessions allowed at once (0: no limit).
+    pub max_upload_sessions: u64,
+    /// How long a request body may send nothing (zero: forever).
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +42,8 @@ impl Default for Limits {
             max_blob_bytes: u64::MAX,
             allow_sparse_manifests: false,
             max_page: 10_000,
+            max_upload_sessions: 0,
+            body_idle_timeout: std::time::Duration::ZERO,
         }
     }
 }
@@ -344,6 +350,11 @@ impl Registry {
         repo: &RepoName,
         algorithm: Algorithm,
     ) -> Result<UploadProgress> {
+        if self.limits.max_upload_sessions > 0
+            && self.meta.count_uploads().await? >= self.limits.max_upload_sessions
+        {
+            return Err(Error::TooManyUploads(self.limits.max_upload_sessions));
+        }
         let repo_id = self.meta.ensure_repository(repo).await?;
         let id = uuid::Uuid::now_v7().to_string();
         self.meta

@@ -7,6 +7,7 @@ mod crash;
 mod e2e;
 mod helpers;
 mod immutability;
+mod limits;
 mod listing;
 mod manifests;
 mod metadata;
