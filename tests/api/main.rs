@@ -5,6 +5,7 @@ mod audit;
 mod blobs;
 mod crash;
 mod e2e;
+mod faults;
 mod helpers;
 mod immutability;
 mod limits;
