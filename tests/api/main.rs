@@ -17,4 +17,5 @@ mod process;
 mod protocol;
 mod provenance;
 mod retention;
+mod upgrade;
 mod uploads;
