@@ -3,6 +3,7 @@
 
 mod audit;
 mod blobs;
+mod browser;
 mod e2e;
 mod helpers;
 mod immutability;
@@ -14,4 +15,5 @@ mod process;
 mod protocol;
 mod provenance;
 mod retention;
+mod ui;
 mod uploads;
