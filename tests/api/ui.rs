@@ -245,6 +245,14 @@ async fn every_page_shows_its_facts(app: TestApp) {
     let dash = ok_page(&app, "/ui/dashboard").await;
     assert!(dash.contains("Pushes per day"), "{dash}");
     assert!(dash.contains(r#"id="pushes""#), "{dash}");
+
+    // Console requests share one bounded metric label.
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains(r#"cairn_http_requests_total{method="GET",route="/ui",status="2xx"}"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("route=\"/ui/r/"), "{metrics}");
 }
 
 /// Unknown repositories, tags, digests and pages are HTML 404 pages.
