@@ -307,6 +307,49 @@ async fn lists_paginate(app: TestApp) {
     assert!(next.contains("/-/tags/t3\"") && next.contains("/-/tags/v1\""));
 }
 
+/// Database queries run so far (every metadata operation is counted).
+async fn queries(app: &TestApp) -> u64 {
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with("cairn_db_query_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Queries one page view costs.
+async fn cost(app: &TestApp, path: &str) -> u64 {
+    let before = queries(app).await;
+    ok_page(app, path).await;
+    queries(app).await - before
+}
+
+/// A page of 30 rows costs as many queries as a page of 3: nothing is
+/// fetched per row.
+async fn pages_cost_the_same_whatever_their_length(app: TestApp) {
+    for i in 0..30 {
+        app.push_image(&format!("many/r{i:02}"), "v1", format!("r{i}").as_bytes())
+            .await;
+        app.push_image("many/r00", &format!("t{i:02}"), format!("t{i}").as_bytes())
+            .await;
+    }
+    for _ in 0..30 {
+        app.get("/v2/many/r00/manifests/t01").await;
+    }
+    promote(&app, "many/r00", "t01", "prod").await;
+    for (short, long) in [
+        ("/ui/?n=3", "/ui/?n=30"),
+        ("/ui/r/many/r00?n=3", "/ui/r/many/r00?n=30"),
+        (
+            "/ui/audit?action=manifest.push&before=5",
+            "/ui/audit?action=manifest.push",
+        ),
+    ] {
+        let (a, b) = (cost(&app, short).await, cost(&app, long).await);
+        assert_eq!(a, b, "{short} costs {a} queries, {long} costs {b}");
+        assert!(b > 0 && b <= 5, "{long} costs {b} queries");
+    }
+}
+
 fn keep_one(c: &mut Config) {
     c.retention.policies = vec![PolicySpec {
         name: "keep-one".into(),
@@ -345,6 +388,7 @@ async fn retention_plan_is_explained(app: TestApp) {
 both!(
     every_page_shows_its_facts,
     unknown_names_are_404_pages,
-    lists_paginate
+    lists_paginate,
+    pages_cost_the_same_whatever_their_length
 );
 both!(with keep_one: retention_plan_is_explained);
