@@ -215,7 +215,8 @@ async fn a_reader_follows_a_release_in_chromium() {
         no_alert(&c).await;
         shoot(&c, "repository").await;
 
-        // The copy button puts the pull command on the clipboard (or says so).
+        // The copy button holds the pull command and says "Copied" once the
+        // clipboard write succeeded.
         let button = c
             .find(Locator::Css(&format!("button[data-copy$='{d2}']")))
             .await
@@ -224,6 +225,15 @@ async fn a_reader_follows_a_release_in_chromium() {
             button.attr("data-copy").await.expect("attr").as_deref(),
             Some(format!("docker pull {}/{repo}@{d2}", app.host()).as_str())
         );
+        button.click().await.expect("click copy");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while button.text().await.expect("button text") != "Copied" {
+            assert!(
+                Instant::now() < deadline,
+                "the copy button never said Copied"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         // The tag and its history, with the ?at= lookup.
         c.find(Locator::LinkText("v1.1.0"))
