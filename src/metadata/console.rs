@@ -11,7 +11,8 @@ pub struct RepositorySummary {
     pub name: String,
     /// Manifests (images, indexes, referrers) stored.
     pub artifacts: u64,
-    /// Bytes of every blob the repository may serve (layers, configs, manifests).
+    /// Bytes of its manifests and of every blob it may serve (layers, configs),
+    /// each digest counted once.
     pub size: u64,
     /// Unix milliseconds of the newest manifest.
     pub last_push: Option<i64>,
@@ -90,7 +91,12 @@ impl Metadata {
                         (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id),
                         (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT)
                            FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-                          WHERE rb.repository_id = r.id),
+                          WHERE rb.repository_id = r.id)
+                        + (SELECT CAST(COALESCE(SUM(m.size), 0) AS BIGINT) FROM manifests m
+                            WHERE m.repository_id = r.id
+                              AND NOT EXISTS (SELECT 1 FROM repository_blobs rb
+                                               WHERE rb.repository_id = r.id
+                                                 AND rb.digest = m.digest)),
                         (SELECT MAX(m.created_at) FROM manifests m WHERE m.repository_id = r.id),
                         rp.pulls, rp.last_pulled_at
                    FROM repositories r

@@ -295,6 +295,16 @@ async fn lists_paginate(app: TestApp) {
     assert!(!second.contains("rel=\"next\""), "{second}");
     assert!(second.contains("rel=\"first\""), "{second}");
 
+    // page/b holds the config, the layer "page/b" (6 bytes) and the manifest.
+    let manifest_size =
+        crate::helpers::image_manifest(&sha256(b"x"), 37, &[(sha256(b"x"), 6)], None, None).len();
+    let size = 37 + 6 + manifest_size;
+    let b_row = first.split("/ui/r/page/b\"").nth(1).expect("row of page/b");
+    assert!(
+        b_row.contains(&format!(r#"title="{size} bytes""#)),
+        "size of page/b is {size}: {first}"
+    );
+
     let found = ok_page(&app, "/ui/?q=page%2Fb").await;
     assert!(found.contains("/ui/r/page/b\"") && !found.contains("/ui/r/page/a\""));
     let none = ok_page(&app, "/ui/?q=%25").await;
