@@ -14,6 +14,7 @@ pub mod policy;
 pub mod service;
 pub mod storage;
 pub mod telemetry;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;

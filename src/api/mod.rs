@@ -13,6 +13,8 @@ pub mod routes;
 mod tags_api;
 mod uploads;
 
+pub(crate) use tags_api::parse_time;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -72,7 +74,8 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         )
         .route("/api/v1/openapi.json", get(provenance_api::openapi))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(observe::readyz));
+        .route("/readyz", get(observe::readyz))
+        .merge(crate::ui::router());
     if serve_metrics {
         r = r.route("/metrics", get(observe::metrics));
     }
@@ -102,7 +105,7 @@ pub fn metrics_router(state: AppState) -> Router {
 pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(q: Option<&str>) -> Query {
+    pub(crate) fn parse(q: Option<&str>) -> Query {
         Query(
             url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))

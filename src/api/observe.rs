@@ -213,6 +213,8 @@ fn fixed_template(matched: Option<&MatchedPath>) -> &'static str {
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
         Some("/v2") | Some("/v2/") | Some("/v2/{*rest}") => "/v2/{*rest}",
+        // The web console's pages, one label for all of them.
+        Some(p) if p == "/" || p == "/ui" || p.starts_with("/ui/") => "/ui",
         _ => "unmatched",
     }
 }

@@ -60,7 +60,7 @@ pub(super) fn bad_request(msg: String) -> ApiError {
 }
 
 /// A time query parameter: RFC 3339 (`2026-11-25T14:00:00Z`) or Unix milliseconds.
-pub(super) fn parse_time(key: &str, value: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(key: &str, value: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }

@@ -1635,6 +1635,7 @@ where
 
 // After the macros it uses.
 mod audit;
+mod console;
 mod gc;
 mod provenance;
 mod pulls;
@@ -1643,6 +1644,7 @@ mod retention;
 pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
 };
+pub use console::{DayCount, RepositoryPullTotal, RepositorySummary, TagSummary, Totals, DAY_MS};
 pub use provenance::{
     MaterialRecord, NewProvenance, ProvenancePage, ProvenanceQuery, ProvenanceRecord,
     StoredProvenance, SOURCE_API, SOURCE_ATTESTATION, SOURCE_LABELS,

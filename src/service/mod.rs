@@ -7,6 +7,7 @@
 //! garbage collection), never a row pointing at missing content.
 
 mod audit;
+mod console;
 mod gc;
 mod provenance;
 mod pull_stats;
@@ -14,6 +15,7 @@ mod registry;
 mod retention;
 mod stats;
 
+pub use console::{Activity, ConsolePage, MAX_CONFIG_BYTES};
 pub use gc::GcReport;
 pub use provenance::{IngestedStatement, EXTRACTION_SLOTS, MAX_ATTESTATION_BYTES};
 pub use pull_stats::{FlushFailed, PullStats};

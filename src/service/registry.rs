@@ -77,7 +77,7 @@ pub struct PushedManifest {
 }
 
 /// A referrers query.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReferrersQuery {
     pub artifact_type: Option<String>,
 }

@@ -288,38 +288,9 @@ impl Registry {
             if filter.as_ref().is_some_and(|f| !f.is_match(&name)) {
                 continue;
             }
-            let policies = self.retention_policy().for_repository(&name);
-            if policies.is_empty() {
+            let Some(rp) = self.plan_repository(id, &name, now).await? else {
                 continue;
-            }
-            let repo: RepoName = name
-                .parse()
-                .map_err(|_| metadata::Error::Corrupt(format!("repository name {name:?}")))?;
-            let artifacts: Vec<Artifact> = self
-                .metadata()
-                .artifact_facts(id)
-                .await?
-                .into_iter()
-                .map(|a| Artifact {
-                    digest: a.digest,
-                    pushed_at: a.pushed_at,
-                    last_pulled_at: a.last_pulled_at,
-                    tags: a.tags,
-                    children: a.children,
-                    subject: a.subject,
-                })
-                .collect();
-            let facts = self.metadata().protection_facts(id).await?;
-            let protections = Protections {
-                holds: facts.holds.clone(),
-                rollback: rollback_targets(
-                    &facts.promotions,
-                    self.retention_policy().rollback_depth(&name),
-                ),
             };
-            let rp = self
-                .retention_policy()
-                .plan(repo.as_str(), &artifacts, &protections, now);
             plan.kept += rp.keep.len();
             plan.deletions
                 .extend(rp.delete.iter().map(|d| PlannedDeletion {
@@ -340,6 +311,52 @@ impl Registry {
             .store_plan(&plan.id, &stored, origin)
             .await?;
         Ok(plan)
+    }
+
+    /// What retention would do to `repo` now, without storing a plan (the web
+    /// console's read-only view). `None`: no retention policy applies to it.
+    pub async fn retention_preview(&self, repo: &RepoName) -> Result<Option<RepoPlan>> {
+        let id = self.repo_id(repo).await?;
+        self.plan_repository(id, repo.as_str(), now_ms()).await
+    }
+
+    /// The plan of one repository (`None`: no policy applies to it).
+    async fn plan_repository(&self, id: i64, name: &str, now: i64) -> Result<Option<RepoPlan>> {
+        let policies = self.retention_policy().for_repository(name);
+        if policies.is_empty() {
+            return Ok(None);
+        }
+        let repo: RepoName = name
+            .parse()
+            .map_err(|_| metadata::Error::Corrupt(format!("repository name {name:?}")))?;
+        let artifacts: Vec<Artifact> = self
+            .metadata()
+            .artifact_facts(id)
+            .await?
+            .into_iter()
+            .map(|a| Artifact {
+                digest: a.digest,
+                pushed_at: a.pushed_at,
+                last_pulled_at: a.last_pulled_at,
+                tags: a.tags,
+                children: a.children,
+                subject: a.subject,
+            })
+            .collect();
+        let facts = self.metadata().protection_facts(id).await?;
+        let protections = Protections {
+            holds: facts.holds.clone(),
+            rollback: rollback_targets(
+                &facts.promotions,
+                self.retention_policy().rollback_depth(name),
+            ),
+        };
+        Ok(Some(self.retention_policy().plan(
+            repo.as_str(),
+            &artifacts,
+            &protections,
+            now,
+        )))
     }
 
     /// Applies the stored plan `id`: deletes exactly its deletions, each only if

@@ -4,6 +4,7 @@
 mod audit;
 mod blobs;
 mod crash;
+mod browser;
 mod e2e;
 mod faults;
 mod helpers;
@@ -18,4 +19,5 @@ mod protocol;
 mod provenance;
 mod retention;
 mod upgrade;
+mod ui;
 mod uploads;
