@@ -1634,12 +1634,14 @@ where
 }
 
 // After the macros it uses.
+mod accounts;
 mod audit;
 mod gc;
 mod provenance;
 mod pulls;
 mod retention;
 
+pub use accounts::{Account, StoredCredentials, StoredKey};
 pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
 };
