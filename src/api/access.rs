@@ -243,13 +243,14 @@ pub(crate) fn require(
     };
     match verdict {
         Verdict::Allow => Ok(()),
-        Verdict::Challenge(reason) => {
-            let error = matches!(principal, Principal::Account(_)).then_some("insufficient_scope");
-            Err(ApiError::new(Code::Unauthorized, reason).with_header(
-                header::WWW_AUTHENTICATE,
-                challenge(state, headers, scope_of(need), error),
-            ))
-        }
+        Verdict::Challenge(reason) => Err(ApiError::new(Code::Unauthorized, reason).with_header(
+            header::WWW_AUTHENTICATE,
+            challenge(state, headers, scope_of(need), None),
+        )),
+        Verdict::InsufficientScope(reason) => Err(ApiError::new(Code::Denied, reason).with_header(
+            header::WWW_AUTHENTICATE,
+            challenge(state, headers, scope_of(need), Some("insufficient_scope")),
+        )),
         Verdict::Deny(reason) => Err(ApiError::new(Code::Denied, reason)),
     }
 }

@@ -70,6 +70,9 @@ pub enum Verdict {
     Challenge(String),
     /// 403: authenticated, and the roles do not allow it.
     Deny(String),
+    /// 403 with a challenge naming the scope: a valid token that does not
+    /// grant this (clients such as oras-py fetch a new token on a 403).
+    InsufficientScope(String),
 }
 
 /// Why authentication failed. Messages never include a secret.
@@ -327,7 +330,7 @@ impl Auth {
                     if granted || (action == Action::Pull && decide(Subject::Anonymous).allowed) {
                         return Verdict::Allow;
                     }
-                    return Verdict::Challenge(format!(
+                    return Verdict::InsufficientScope(format!(
                         "the token does not grant {want} on {kind} {name}"
                     ));
                 }

@@ -2,6 +2,7 @@
 //! over PostgreSQL, driven with raw HTTP and with real clients.
 
 mod audit;
+mod auth;
 mod blobs;
 mod e2e;
 mod helpers;
