@@ -473,6 +473,7 @@ async fn main() -> anyhow::Result<()> {
             let kid = cairn::auth::token::rotate(
                 &meta,
                 std::time::Duration::from_secs(config.auth.refresh_token_ttl_secs),
+                &cairn::cli::retention::cli_origin(),
             )
             .await;
             meta.close().await;

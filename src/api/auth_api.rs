@@ -194,6 +194,8 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
     let rest = path.trim_start_matches("/api/v1/admin/").to_string();
     let segs: Vec<&str> = rest.split('/').collect();
     let meta = state.auth.metadata();
+    let origin = super::origin(&parts);
+    let o = &origin;
     let m = &parts.method;
     let result: Result<Response, ApiError> = async {
         match (m, segs.as_slice()) {
@@ -215,7 +217,7 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
                 if a.expires_in_days.is_some() {
                     return Err(bad_request("only robots expire".into()));
                 }
-                if !auth::create_user(meta, &a.name, &pw, &roles)
+                if !auth::create_user(meta, &a.name, &pw, &roles, o)
                     .await
                     .map_err(invalid)?
                 {
@@ -236,7 +238,7 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
                 let expires = a
                     .expires_in_days
                     .map(|d| crate::metadata::now_ms() + i64::from(d) * 86_400_000);
-                let Some(secret) = auth::create_robot(meta, &a.name, expires, &roles)
+                let Some(secret) = auth::create_robot(meta, &a.name, expires, &roles, o)
                     .await
                     .map_err(invalid)?
                 else {
@@ -257,7 +259,7 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
             }
             (&Method::DELETE, ["accounts", name]) => {
                 if meta
-                    .delete_account(name)
+                    .delete_account(name, o)
                     .await
                     .map_err(|e| invalid(e.into()))?
                 {
@@ -279,7 +281,7 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
                 let (glob, role) =
                     auth::check_role(&spec.repositories, &spec.role).map_err(invalid)?;
                 if !meta
-                    .set_account_role(name, &glob, &role, m == Method::POST)
+                    .set_account_role(name, &glob, &role, m == Method::POST, o)
                     .await
                     .map_err(|e| invalid(e.into()))?
                 {
@@ -289,7 +291,7 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
                 Ok(Json(account).into_response())
             }
             (&Method::POST, ["keys", "rotate"]) => {
-                let kid = auth::token::rotate(meta, state.auth.tokens.refresh_ttl)
+                let kid = auth::token::rotate(meta, state.auth.tokens.refresh_ttl, o)
                     .await
                     .map_err(|e| invalid(e.into()))?;
                 Ok(Json(json!({ "kid": kid })).into_response())

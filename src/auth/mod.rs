@@ -475,6 +475,7 @@ pub async fn create_user(
     name: &str,
     password: &str,
     roles: &[(String, String)],
+    origin: &metadata::Origin,
 ) -> Result<bool, AuthError> {
     check_name(name)?;
     if password.chars().count() < password::MIN_PASSWORD_LEN {
@@ -489,7 +490,7 @@ pub async fn create_user(
         .map_err(|e| AuthError::Invalid(e.to_string()))?
         .map_err(|e| AuthError::Invalid(e.to_string()))?;
     Ok(meta
-        .create_account(name, "user", &hash, None, roles)
+        .create_account(name, "user", &hash, None, roles, origin)
         .await?)
 }
 
@@ -500,6 +501,7 @@ pub async fn create_robot(
     name: &str,
     expires_at: Option<i64>,
     roles: &[(String, String)],
+    origin: &metadata::Origin,
 ) -> Result<Option<String>, AuthError> {
     check_name(name)?;
     let secret = password::generate_secret();
@@ -509,7 +511,7 @@ pub async fn create_robot(
         .map_err(|e| AuthError::Invalid(e.to_string()))?
         .map_err(|e| AuthError::Invalid(e.to_string()))?;
     let created = meta
-        .create_account(name, "robot", &hash, expires_at, roles)
+        .create_account(name, "robot", &hash, expires_at, roles, origin)
         .await?;
     Ok(created.then_some(secret))
 }

@@ -43,8 +43,9 @@ pub fn verify(secret: &str, stored: Option<&str>) -> bool {
             Err(_) => false,
         },
         None => {
-            if let Ok(h) = hash(DECOY) {
-                let _ = verify(secret, Some(&h));
+            static DECOY_HASH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+            if let Some(h) = DECOY_HASH.get_or_init(|| hash(DECOY).ok()) {
+                let _ = verify(secret, Some(h));
             }
             false
         }

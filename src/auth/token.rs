@@ -220,7 +220,7 @@ impl Tokens {
             // First start (or every key retired): make one. Two replicas doing
             // this at once both succeed; each signs with the newest it reads,
             // and both keys verify everywhere.
-            meta.add_signing_key(&generate_key()?, false).await?;
+            meta.add_signing_key(&generate_key()?, false, None).await?;
             keys = meta.signing_keys().await?;
         }
         let horizon = metadata::now_ms() - refresh_ttl.as_millis() as i64;
@@ -360,9 +360,13 @@ fn map_error(e: jsonwebtoken::errors::Error) -> TokenError {
 /// Adds a new signing key and retires the others (they keep verifying the
 /// tokens they signed until those expire); prunes keys retired long enough
 /// ago that nothing they signed is live. Returns the new `kid`.
-pub async fn rotate(meta: &Metadata, refresh_ttl: Duration) -> Result<String, KeyError> {
+pub async fn rotate(
+    meta: &Metadata,
+    refresh_ttl: Duration,
+    origin: &metadata::Origin,
+) -> Result<String, KeyError> {
     let key = generate_key()?;
-    meta.add_signing_key(&key, true).await?;
+    meta.add_signing_key(&key, true, Some(origin)).await?;
     let horizon = metadata::now_ms() - refresh_ttl.as_millis() as i64 - 60_000;
     meta.prune_signing_keys(horizon).await?;
     Ok(key.kid)

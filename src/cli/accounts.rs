@@ -5,6 +5,7 @@
 
 use std::io::BufRead;
 
+use super::retention::cli_origin;
 use crate::auth;
 use crate::metadata::{Account, Metadata};
 
@@ -26,7 +27,7 @@ fn roles(specs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 pub async fn add_user(meta: &Metadata, name: &str, role_specs: &[String]) -> anyhow::Result<()> {
     let roles = roles(role_specs)?;
     let password = read_secret()?;
-    if !auth::create_user(meta, name, &password, &roles).await? {
+    if !auth::create_user(meta, name, &password, &roles, &cli_origin()).await? {
         anyhow::bail!("account {name:?} already exists");
     }
     println!("user {name} created");
@@ -43,7 +44,7 @@ pub async fn set_password(meta: &Metadata, name: &str) -> anyhow::Result<()> {
         );
     }
     let hash = auth::password::hash(&password)?;
-    if !meta.set_account_secret(name, &hash).await? {
+    if !meta.set_account_secret(name, &hash, &cli_origin()).await? {
         anyhow::bail!("no account {name:?}");
     }
     println!("password of {name} changed");
@@ -60,7 +61,7 @@ pub async fn add_robot(
 ) -> anyhow::Result<()> {
     let roles = roles(role_specs)?;
     let expires = expires_in_days.map(|d| crate::metadata::now_ms() + i64::from(d) * 86_400_000);
-    let Some(secret) = auth::create_robot(meta, name, expires, &roles).await? else {
+    let Some(secret) = auth::create_robot(meta, name, expires, &roles, &cli_origin()).await? else {
         anyhow::bail!("account {name:?} already exists");
     };
     eprintln!("robot {name} created; its secret is printed once, below:");
@@ -71,7 +72,10 @@ pub async fn add_robot(
 /// `cairn user|robot grant|revoke NAME GLOB=ROLE`.
 pub async fn set_role(meta: &Metadata, name: &str, spec: &str, grant: bool) -> anyhow::Result<()> {
     let (glob, role) = auth::parse_role(spec)?;
-    if !meta.set_account_role(name, &glob, &role, grant).await? {
+    if !meta
+        .set_account_role(name, &glob, &role, grant, &cli_origin())
+        .await?
+    {
         anyhow::bail!("no account {name:?}");
     }
     println!(
@@ -83,7 +87,7 @@ pub async fn set_role(meta: &Metadata, name: &str, spec: &str, grant: bool) -> a
 
 /// `cairn user|robot remove NAME`.
 pub async fn remove(meta: &Metadata, name: &str) -> anyhow::Result<()> {
-    if !meta.delete_account(name).await? {
+    if !meta.delete_account(name, &cli_origin()).await? {
         anyhow::bail!("no account {name:?}");
     }
     println!("account {name} removed");

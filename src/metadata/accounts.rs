@@ -1,9 +1,13 @@
 //! Accounts, their roles, and token signing keys: SQL only. Secrets arrive
 //! here already hashed (argon2 PHC strings) and signing keys already encoded;
-//! this layer never sees a password.
+//! this layer never sees a password. Every change is audited in its own
+//! transaction (`account.create`, `account.delete`, `account.grant`,
+//! `account.revoke`, `account.secret`, `signing_key.rotate`); the audit
+//! detail never holds a hash or a key.
 
 use serde::Serialize;
 
+use super::audit::{self, AuditEntry, Origin};
 use super::{now_ms, Backend, Metadata, Result};
 
 /// One account as stored (without its secret hash).
@@ -63,8 +67,13 @@ impl Metadata {
         secret_hash: &str,
         expires_at: Option<i64>,
         roles: &[(String, String)],
+        origin: &Origin,
     ) -> Result<bool> {
         let now = now_ms();
+        let entry = AuditEntry::global("account.create").detail(serde_json::json!({
+            "account": name, "kind": kind, "expires_at": expires_at,
+            "roles": roles.iter().map(|(g, r)| serde_json::json!({"repositories": g, "role": r})).collect::<Vec<_>>(),
+        }));
         let created = on_write!(self, "create_account", |p| async {
             let mut tx = p.begin().await?;
             let id = sqlx::query_scalar::<_, i64>(
@@ -92,6 +101,7 @@ impl Metadata {
                 .execute(&mut *tx)
                 .await?;
             }
+            audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
             tx.commit().await?;
             Ok(true)
         }
@@ -100,28 +110,63 @@ impl Metadata {
     }
 
     /// Deletes an account (its roles go with it); `false` if there was none.
-    pub async fn delete_account(&self, name: &str) -> Result<bool> {
-        let n = on_write!(self, "delete_account", |p| sqlx::query(
-            "DELETE FROM accounts WHERE name = $1"
+    pub async fn delete_account(&self, name: &str, origin: &Origin) -> Result<bool> {
+        let entry =
+            AuditEntry::global("account.delete").detail(serde_json::json!({ "account": name }));
+        self.audited_change(
+            "delete_account",
+            "DELETE FROM accounts WHERE name = $1",
+            &[name],
+            entry,
+            origin,
         )
-        .bind(name)
-        .execute(p)
         .await
-        .map(|r| r.rows_affected()))?;
-        Ok(n > 0)
+    }
+
+    /// Runs one statement binding `args` and, if it changed a row, appends
+    /// `entry` in the same transaction. Whether a row changed.
+    async fn audited_change(
+        &self,
+        op: &'static str,
+        sql: &str,
+        args: &[&str],
+        entry: AuditEntry,
+        origin: &Origin,
+    ) -> Result<bool> {
+        let changed = on_write!(self, op, |p| async {
+            let mut tx = p.begin().await?;
+            let mut q = sqlx::query(sql);
+            for a in args {
+                q = q.bind(*a);
+            }
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
+            }
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(n > 0)
+        }
+        .await)?;
+        Ok(changed)
     }
 
     /// Replaces an account's secret hash; `false` if there is no such account.
-    pub async fn set_account_secret(&self, name: &str, secret_hash: &str) -> Result<bool> {
-        let n = on_write!(self, "set_account_secret", |p| sqlx::query(
-            "UPDATE accounts SET secret_hash = $1 WHERE name = $2"
+    pub async fn set_account_secret(
+        &self,
+        name: &str,
+        secret_hash: &str,
+        origin: &Origin,
+    ) -> Result<bool> {
+        let entry =
+            AuditEntry::global("account.secret").detail(serde_json::json!({ "account": name }));
+        self.audited_change(
+            "set_account_secret",
+            "UPDATE accounts SET secret_hash = $1 WHERE name = $2",
+            &[secret_hash, name],
+            entry,
+            origin,
         )
-        .bind(secret_hash)
-        .bind(name)
-        .execute(p)
         .await
-        .map(|r| r.rows_affected()))?;
-        Ok(n > 0)
     }
 
     /// Adds (`grant`) or removes a role; `false` if there is no such account.
@@ -131,7 +176,14 @@ impl Metadata {
         repositories: &str,
         role: &str,
         grant: bool,
+        origin: &Origin,
     ) -> Result<bool> {
+        let entry = AuditEntry::global(if grant {
+            "account.grant"
+        } else {
+            "account.revoke"
+        })
+        .detail(serde_json::json!({ "account": name, "repositories": repositories, "role": role }));
         let sql = if grant {
             "INSERT INTO account_roles (account_id, repositories, role)
              SELECT id, $2, $3 FROM accounts WHERE name = $1 ON CONFLICT DO NOTHING"
@@ -139,13 +191,14 @@ impl Metadata {
             "DELETE FROM account_roles WHERE repositories = $2 AND role = $3
              AND account_id IN (SELECT id FROM accounts WHERE name = $1)"
         };
-        on_write!(self, "set_account_role", |p| sqlx::query(sql)
-            .bind(name)
-            .bind(repositories)
-            .bind(role)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        self.audited_change(
+            "set_account_role",
+            sql,
+            &[name, repositories, role],
+            entry,
+            origin,
+        )
+        .await?;
         Ok(self.account(name).await?.is_some())
     }
 
@@ -227,9 +280,20 @@ impl Metadata {
 
     /// Stores a new signing key; with `retire_others`, the keys signing until now
     /// are marked retired (they keep verifying the tokens they signed).
-    pub async fn add_signing_key(&self, key: &StoredKey, retire_others: bool) -> Result<()> {
+    /// `origin` is given for a rotation (audited), absent for the first key.
+    pub async fn add_signing_key(
+        &self,
+        key: &StoredKey,
+        retire_others: bool,
+        origin: Option<&Origin>,
+    ) -> Result<()> {
+        let entry =
+            AuditEntry::global("signing_key.rotate").detail(serde_json::json!({ "kid": key.kid }));
         on_write!(self, "add_signing_key", |p| async {
             let mut tx = p.begin().await?;
+            if let Some(o) = origin {
+                audit::append(&mut *tx, o, std::slice::from_ref(&entry)).await?;
+            }
             if retire_others {
                 sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
                     .bind(key.created_at)

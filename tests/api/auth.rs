@@ -36,9 +36,15 @@ async fn user(app: &TestApp, name: &str, roles: &[(&str, &str)]) {
         .iter()
         .map(|(g, r)| (g.to_string(), r.to_string()))
         .collect();
-    assert!(cairn::auth::create_user(&meta, name, PASSWORD, &roles)
-        .await
-        .expect("user"));
+    assert!(cairn::auth::create_user(
+        &meta,
+        name,
+        PASSWORD,
+        &roles,
+        &cairn::metadata::Origin::system("test")
+    )
+    .await
+    .expect("user"));
     meta.close().await;
 }
 
@@ -586,6 +592,7 @@ async fn robots_expire_and_record_last_use(app: TestApp) {
             &hash,
             Some(cairn::metadata::now_ms() - 1000),
             &[("ci/**".into(), "writer".into())],
+            &cairn::metadata::Origin::system("test"),
         )
         .await
         .unwrap());
@@ -644,6 +651,30 @@ async fn robots_expire_and_record_last_use(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // Account changes are audited, by the admin who made them, without secrets.
+    let v: Value = admin(Method::GET, "/api/v1/audit?action=account.create")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = v["entries"].as_array().expect("entries");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["actor"] == "admin" && e["detail"]["account"] == "ci"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(&secret));
+    let v: Value = admin(Method::GET, "/api/v1/audit?action=account.delete")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["entries"][0]["detail"]["account"], "ci", "{v}");
 }
 
 // ---- bad tokens ----------------------------------------------------------------
