@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use cairn::config::MetricsAccess;
 use cairn::policy::{Mutability, RuleSpec};
 
-use crate::helpers::{error_code, TestApp};
+use crate::helpers::{error_code, Db, TestApp};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -1036,6 +1036,39 @@ async fn key_rotation_keeps_live_tokens(app: TestApp) {
             .unwrap();
         assert_eq!(r.status(), 404);
     }
+}
+
+/// `auth.signing_key_file`: an Ed25519 key made by openssl signs the tokens.
+#[tokio::test]
+async fn a_configured_signing_key_signs() {
+    let keydir = tempfile::tempdir().unwrap();
+    let pem = keydir.path().join("key.pem");
+    crate::e2e::run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            crate::e2e::path_str(&pem),
+        ],
+    )
+    .await;
+    let expected = cairn::auth::token::read_key_file(&pem).expect("key").kid;
+    let key = pem.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        secured(c);
+        c.auth.signing_key_file = Some(key);
+    })
+    .await;
+    cast(&app).await;
+    let t = token(&app, Some("reader"), &["repository:team/app:pull"]).await;
+    assert_eq!(jwt_part(&t, 0)["kid"], expected.as_str());
+    let r = bearer(&app, Method::GET, "/v2/team/app/tags/list", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "accepted; no such repository");
 }
 
 crate::both!(with secured:
