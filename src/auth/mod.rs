@@ -352,76 +352,77 @@ impl Auth {
             Some(a) => Subject::Account(&a.name, &a.grants),
             None => Subject::Anonymous,
         };
-        let mut out: Vec<Access> = Vec::new();
-        for scope in requested.iter().flat_map(|s| s.split(' ')) {
-            let Some((kind, rest)) = scope.split_once(':') else {
-                continue;
-            };
-            let Some((name, actions)) = rest.rsplit_once(':') else {
-                continue;
-            };
-            let mut granted = Vec::new();
-            for a in actions.split(',') {
-                let wanted: Vec<&str> = if a == "*" {
-                    vec!["pull", "push", "delete"]
-                } else {
-                    vec![a]
-                };
-                for w in wanted {
-                    let ok = match (kind, w) {
-                        ("registry", _) if name == "catalog" => {
-                            access::decide(
-                                subject,
-                                Action::Catalog,
-                                Target::Global,
-                                &self.anonymous,
-                            )
-                            .allowed
-                        }
-                        ("repository", w) => match Action::from_scope_name(w) {
-                            Some(action) if name.parse::<crate::domain::RepoName>().is_ok() => {
-                                access::decide(
-                                    subject,
-                                    action,
-                                    Target::Repository(name),
-                                    &self.anonymous,
-                                )
-                                .allowed
-                            }
-                            _ => false,
-                        },
-                        _ => false,
-                    };
-                    let w = if kind == "registry" { "*" } else { w };
-                    if ok && !granted.iter().any(|g| g == w) {
-                        granted.push(w.to_string());
-                    }
-                }
-            }
-            if granted.is_empty() {
-                continue;
-            }
-            match out.iter_mut().find(|x| x.kind == kind && x.name == name) {
-                Some(x) => {
-                    for g in granted {
-                        if !x.actions.contains(&g) {
-                            x.actions.push(g);
-                        }
-                    }
-                }
-                None => out.push(Access {
-                    kind: kind.to_string(),
-                    name: name.to_string(),
-                    actions: granted,
-                }),
-            }
-        }
-        out
+        grant_scopes(subject, &self.anonymous, requested)
     }
 
     pub fn metadata(&self) -> &Metadata {
         &self.meta
     }
+}
+
+/// Of the `requested` scopes (`repository:<name>:<actions>`, `registry:catalog:*`;
+/// several may share one string, space-separated as in the OAuth2 form), the
+/// actions `subject` may do. Scopes of unknown types, unknown actions, invalid
+/// names and scopes nothing is granted on are left out.
+pub fn grant_scopes(
+    subject: Subject<'_>,
+    anonymous: &[Grant],
+    requested: &[String],
+) -> Vec<Access> {
+    let mut out: Vec<Access> = Vec::new();
+    for scope in requested.iter().flat_map(|s| s.split(' ')) {
+        let Some((kind, rest)) = scope.split_once(':') else {
+            continue;
+        };
+        let Some((name, actions)) = rest.rsplit_once(':') else {
+            continue;
+        };
+        let mut granted = Vec::new();
+        for a in actions.split(',') {
+            let wanted: Vec<&str> = if a == "*" {
+                vec!["pull", "push", "delete"]
+            } else {
+                vec![a]
+            };
+            for w in wanted {
+                let ok = match (kind, w) {
+                    ("registry", _) if name == "catalog" => {
+                        access::decide(subject, Action::Catalog, Target::Global, anonymous).allowed
+                    }
+                    ("repository", w) => match Action::from_scope_name(w) {
+                        Some(action) if name.parse::<crate::domain::RepoName>().is_ok() => {
+                            access::decide(subject, action, Target::Repository(name), anonymous)
+                                .allowed
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                let w = if kind == "registry" { "*" } else { w };
+                if ok && !granted.iter().any(|g| g == w) {
+                    granted.push(w.to_string());
+                }
+            }
+        }
+        if granted.is_empty() {
+            continue;
+        }
+        match out.iter_mut().find(|x| x.kind == kind && x.name == name) {
+            Some(x) => {
+                for g in granted {
+                    if !x.actions.contains(&g) {
+                        x.actions.push(g);
+                    }
+                }
+            }
+            None => out.push(Access {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                actions: granted,
+            }),
+        }
+    }
+    out
 }
 
 /// The token scope an action on a target needs, if tokens carry it.
@@ -518,3 +519,99 @@ pub async fn create_robot(
 
 /// Shared handle.
 pub type SharedAuth = Arc<Auth>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scopes(subject: Subject<'_>, anonymous: &[Grant], requested: &[&str]) -> Vec<Access> {
+        let r: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
+        grant_scopes(subject, anonymous, &r)
+    }
+
+    fn access(kind: &str, name: &str, actions: &[&str]) -> Access {
+        Access {
+            kind: kind.into(),
+            name: name.into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn tokens_carry_only_what_roles_allow() {
+        let grants = [
+            Grant::new("team/**", Role::Writer).unwrap(),
+            Grant::new("**", Role::Reader).unwrap(),
+        ];
+        let me = Subject::Account("me", &grants);
+        assert_eq!(
+            scopes(me, &[], &["repository:team/app:pull,push,delete"]),
+            [access("repository", "team/app", &["pull", "push"])]
+        );
+        assert_eq!(
+            scopes(me, &[], &["repository:other/app:*"]),
+            [access("repository", "other/app", &["pull"])]
+        );
+        assert_eq!(
+            scopes(me, &[], &["registry:catalog:*"]),
+            [access("registry", "catalog", &["*"])]
+        );
+        // Space-separated (OAuth2 form) and repeated scopes merge.
+        assert_eq!(
+            scopes(
+                me,
+                &[],
+                &[
+                    "repository:team/app:pull repository:team/app:push",
+                    "repository:team/app:pull"
+                ]
+            ),
+            [access("repository", "team/app", &["pull", "push"])]
+        );
+    }
+
+    #[test]
+    fn malformed_and_unknown_scopes_are_left_out() {
+        let grants = [Grant::new("**", Role::Admin).unwrap()];
+        let me = Subject::Account("me", &grants);
+        for bad in [
+            "",
+            "repository",
+            "repository:team/app",
+            "repository::pull",
+            "repository:Team App:pull",
+            "repository:team/app:fly",
+            "plugin:x:pull",
+            "registry:other:*",
+        ] {
+            assert_eq!(scopes(me, &[], &[bad]), [], "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn anonymous_tokens_get_anonymous_pull_only() {
+        let anon = [Grant::new("public/**", Role::Reader).unwrap()];
+        assert_eq!(
+            scopes(
+                Subject::Anonymous,
+                &anon,
+                &["repository:public/x:pull,push", "repository:private/x:pull"]
+            ),
+            [access("repository", "public/x", &["pull"])]
+        );
+    }
+
+    #[test]
+    fn account_names_and_roles_are_checked() {
+        assert!(check_name("ci-bot.1@team").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+        assert_eq!(
+            parse_role("team/**=writer").unwrap(),
+            ("team/**".to_string(), "writer".to_string())
+        );
+        assert!(parse_role("team/**").is_err());
+        assert!(parse_role("team/**=owner").is_err());
+    }
+}
