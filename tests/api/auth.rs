@@ -1374,6 +1374,10 @@ async fn docker_login_push_pull(app: TestApp) {
     assert!(out.contains("Login Succeeded"), "{out}");
     let stored = std::fs::read_to_string(tmp.path().join("docker-config/config.json")).unwrap();
     assert!(stored.contains(&host), "{stored}");
+    // docker keeps the refresh token (its identity token), not the password,
+    // and trades it for access tokens with the OAuth2 refresh-token form.
+    assert!(stored.contains("identitytoken"), "{stored}");
+    assert!(!stored.contains(PASSWORD), "{stored}");
     let out = run("docker", &["--config", &cfg, "push", &image]).await;
     assert!(out.contains("digest: sha256:"), "{out}");
     run("docker", &["image", "rm", &image]).await;
