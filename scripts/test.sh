@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what is missing
-# (PostgreSQL, skopeo, podman, buildah, oras, Chromium and chromedriver for the
-# web console's browser test), starts a PostgreSQL server on 127.0.0.1:5432 if
-# none answers there, then runs formatting, lint and every test.
+# (PostgreSQL, skopeo, podman, buildah, oras, openssl, Chromium and chromedriver
+# for the web console's browser test), starts a PostgreSQL server on 127.0.0.1:5432
+# if none answers there, then runs formatting, lint and every test.
 #
 # A missing PostgreSQL or client tool is always a failure, never a skip (with
 # CI=true as without). Environment:
@@ -27,7 +27,7 @@ apt_install() {
 
 # ---- tools ------------------------------------------------------------------
 apt_install postgresql skopeo podman buildah uidmap fuse-overlayfs python3 python3-pip \
-  chromium chromium-driver
+  openssl chromium chromium-driver
 # The end-to-end tests (tests/api/e2e.rs) also drive the Docker Engine; any
 # install works (docker.io if there is none), but the daemon must be running.
 command -v docker >/dev/null 2>&1 || apt_install docker.io

@@ -28,6 +28,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub retention: RetentionSection,
     pub gc: GcConfig,
+    pub auth: AuthConfig,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
 }
@@ -136,6 +137,54 @@ pub struct MetricsConfig {
     pub pull_stats_flush_secs: u64,
 }
 
+/// Who may reach `/metrics` when credentials are required.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Anyone who reaches the listener (put it on a private address with
+    /// `metrics.listen`).
+    Open,
+    /// An account holding `admin` or `auditor` over `**` (basic credentials or
+    /// a token), e.g. a robot for the Prometheus scraper.
+    Token,
+}
+
+/// Access control (see README.md, "Access control").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require credentials on every route even while no account exists. Once
+    /// any account exists they are required anyway.
+    pub required: bool,
+    /// Serve with no account on a non-loopback address, open to everyone.
+    /// Without it (or `cairn serve --insecure-open`) Cairn refuses to start there.
+    pub insecure_open: bool,
+    /// The `service` named in challenges and tokens (the token audience).
+    pub service: String,
+    /// The token endpoint announced in `WWW-Authenticate`. Absent: built from
+    /// the request's `Host` (and `X-Forwarded-Proto`) + `/auth/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Lifetime of access tokens, in seconds.
+    pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens (docker's identity token), in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// A PKCS#8 Ed25519 private key (PEM or DER) that signs tokens. Absent: a
+    /// key generated on first start and kept in the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// Repository globs anyone may pull from without credentials.
+    #[serde(default)]
+    pub anonymous_pull: Vec<String>,
+    /// Who may read `/metrics` on the main listener.
+    pub metrics: MetricsAccess,
+    /// Failed logins per account, and per client address, before a lockout.
+    pub max_failed_logins_per_account: u32,
+    pub max_failed_logins_per_client: u32,
+    /// The window failures are counted in, and the lockout's length (seconds).
+    pub lockout_secs: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -191,6 +240,20 @@ impl Default for Config {
             gc: GcConfig {
                 interval_secs: 60 * 60,
                 grace_secs: 24 * 60 * 60,
+            },
+            auth: AuthConfig {
+                required: false,
+                insecure_open: false,
+                service: "cairn".into(),
+                realm: None,
+                token_ttl_secs: 300,
+                refresh_token_ttl_secs: 14 * 24 * 60 * 60,
+                signing_key_file: None,
+                anonymous_pull: Vec::new(),
+                metrics: MetricsAccess::Token,
+                max_failed_logins_per_account: 5,
+                max_failed_logins_per_client: 20,
+                lockout_secs: 60,
             },
             shutdown_timeout_secs: 30,
         }

@@ -4,6 +4,7 @@
 //! [`App::build`] wires them from a [`Config`]; `main.rs` and the tests both use it.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -178,6 +179,8 @@ impl App {
                 .map(|m| Box::new(move || m.pull_stats_flush_failed()) as service::FlushFailed);
             Arc::new(PullStats::new(meta.clone(), on_failure))
         });
+        let auth =
+            Arc::new(auth::Auth::new(meta.clone(), &config.auth, listener.local_addr()?).await?);
         let registry = Registry::new(meta, blobs, config.limits(), rules, config.retention()?);
         registry.record_policy(config.policy_document()).await?;
         let state = api::AppState {
@@ -186,6 +189,7 @@ impl App {
             pulls: pulls.clone(),
             gc_grace: Duration::from_secs(config.gc.grace_secs),
             max_requests_per_client: config.limits.max_requests_per_client,
+            auth,
         };
         let metrics_server = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
         let router = api::router(state, config.metrics.enabled && metrics_server.is_none())

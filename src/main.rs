@@ -23,7 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry (migrates the database first).
-    Serve,
+    Serve {
+        /// Serve with no accounts on a non-loopback address, open to anyone
+        /// who can reach it (auth.insecure_open). Without accounts Cairn
+        /// otherwise refuses to start there.
+        #[arg(long)]
+        insecure_open: bool,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration (defaults, file, environment) as TOML.
@@ -75,6 +81,86 @@ enum Command {
         #[command(subcommand)]
         command: ProvenanceCommand,
     },
+    /// User accounts (people): `echo "$PASSWORD" | cairn user add alice --role 'team/**=writer'`.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Robot accounts (CI): `cairn robot add ci --role 'ci/**=writer' --expires-in-days 90`
+    /// prints a generated secret, once.
+    Robot {
+        #[command(subcommand)]
+        command: RobotCommand,
+    },
+    /// Token signing keys.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Add {
+        name: String,
+        /// `<repository glob>=<role>` (reader, writer, admin, auditor); repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Change a user's password (read from standard input).
+    Passwd {
+        name: String,
+    },
+    /// Grant a role: `cairn user grant alice 'team/**=admin'`.
+    Grant {
+        name: String,
+        role: String,
+    },
+    /// Take a role away.
+    Revoke {
+        name: String,
+        role: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Users and their roles, as JSON.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RobotCommand {
+    /// Create a robot and print its generated secret (shown once).
+    Add {
+        name: String,
+        /// `<repository glob>=<role>`; repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// The robot can no longer log in after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    Grant {
+        name: String,
+        role: String,
+    },
+    Revoke {
+        name: String,
+        role: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Robots, their roles, expiry and last use, as JSON.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Sign new tokens with a new key; tokens signed with the old one stay
+    /// valid until they expire.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -205,7 +291,9 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let _telemetry = cairn::telemetry::init(&config)?;
     match cli.command {
-        Command::Serve => {
+        Command::Serve { insecure_open } => {
+            let mut config = config;
+            config.auth.insecure_open |= insecure_open;
             let app = App::build(&config).await?;
             tracing::info!(
                 address = %app.local_addr()?,
@@ -340,6 +428,59 @@ async fn main() -> anyhow::Result<()> {
                     meta.close().await;
                 }
             }
+        }
+        Command::User { command } => {
+            let meta = cairn::open_metadata(&config).await?;
+            use cairn::cli::accounts as acc;
+            let result = match command {
+                UserCommand::Add { name, roles } => acc::add_user(&meta, &name, &roles).await,
+                UserCommand::Passwd { name } => acc::set_password(&meta, &name).await,
+                UserCommand::Grant { name, role } => acc::set_role(&meta, &name, &role, true).await,
+                UserCommand::Revoke { name, role } => {
+                    acc::set_role(&meta, &name, &role, false).await
+                }
+                UserCommand::Remove { name } => acc::remove(&meta, &name).await,
+                UserCommand::List => acc::list(&meta, "user").await,
+            };
+            meta.close().await;
+            result?;
+        }
+        Command::Robot { command } => {
+            let meta = cairn::open_metadata(&config).await?;
+            use cairn::cli::accounts as acc;
+            let result = match command {
+                RobotCommand::Add {
+                    name,
+                    roles,
+                    expires_in_days,
+                } => acc::add_robot(&meta, &name, &roles, expires_in_days).await,
+                RobotCommand::Grant { name, role } => {
+                    acc::set_role(&meta, &name, &role, true).await
+                }
+                RobotCommand::Revoke { name, role } => {
+                    acc::set_role(&meta, &name, &role, false).await
+                }
+                RobotCommand::Remove { name } => acc::remove(&meta, &name).await,
+                RobotCommand::List => acc::list(&meta, "robot").await,
+            };
+            meta.close().await;
+            result?;
+        }
+        Command::Auth {
+            command: AuthCommand::RotateKey,
+        } => {
+            let meta = cairn::open_metadata(&config).await?;
+            let kid = cairn::auth::token::rotate(
+                &meta,
+                std::time::Duration::from_secs(config.auth.refresh_token_ttl_secs),
+                &cairn::cli::retention::cli_origin(),
+            )
+            .await;
+            meta.close().await;
+            println!(
+                "new signing key {}; older keys verify until their tokens expire",
+                kid?
+            );
         }
         Command::Provenance { command } => {
             let meta = cairn::open_metadata(&config).await?;

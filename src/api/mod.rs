@@ -1,7 +1,9 @@
 //! HTTP handlers of the distribution API. They parse requests into domain values,
 //! call the service layer and write responses. No SQL and no object keys here.
 
+pub mod access;
 mod audit_api;
+mod auth_api;
 mod blobs;
 mod limits;
 mod listing;
@@ -25,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 
+use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, Code};
 use crate::metadata::Origin;
 use crate::metrics::Metrics;
@@ -43,11 +46,14 @@ pub struct AppState {
     pub gc_grace: std::time::Duration,
     /// `limits.max_requests_per_client` (0: none).
     pub max_requests_per_client: usize,
+    /// Authentication and authorization (see `access`).
+    pub auth: Arc<Auth>,
 }
 
 /// The registry's router: the distribution API under `/v2`, the JSON API under
-/// `/api/v1`, health probes, and `/metrics` when `serve_metrics` (metrics on
-/// the main listener). Every route is observed (log line, HTTP metrics).
+/// `/api/v1`, the token endpoint, health probes, and `/metrics` when
+/// `serve_metrics` (metrics on the main listener). Every route is
+/// authenticated (`access::authenticate`) and observed (log line, HTTP metrics).
 pub fn router(state: AppState, serve_metrics: bool) -> Router {
     let state = Arc::new(state);
     let mut r = Router::new()
@@ -73,6 +79,8 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
             get(provenance_api::artifact).put(provenance_api::artifact),
         )
         .route("/api/v1/openapi.json", get(provenance_api::openapi))
+        .route("/api/v1/admin/{*rest}", any(auth_api::admin))
+        .route("/auth/token", get(auth_api::token).post(auth_api::token))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(observe::readyz))
         .merge(crate::ui::router());
@@ -85,6 +93,10 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
     .layer(middleware::from_fn_with_state(
         Arc::new(limits::ClientLimiter::new(state.max_requests_per_client)),
         limits::per_client,
+    ))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        access::authenticate,
     ))
     .layer(middleware::from_fn_with_state(
         state.clone(),
@@ -154,6 +166,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let (parts, body) = req.into_parts();
     let facts = observe::Facts::of(&route, &parts.method);
     let query = Query::parse(parts.uri.query());
+    // Authorization: the route and method say what the request needs.
+    let anonymous = Principal::Anonymous(false);
+    let principal = parts.extensions.get::<Principal>().unwrap_or(&anonymous);
+    for need in access::v2_needs(&route, &parts.method, &query) {
+        if let Err(e) = access::require(&state, principal, &need, &parts.headers) {
+            return observe::outcome(&state, facts, Err(e));
+        }
+    }
     let origin = origin(&parts);
     let ctx = Ctx {
         registry: &state.registry,
@@ -211,13 +231,15 @@ pub(crate) struct Ctx<'a> {
     pub origin: &'a Origin,
 }
 
-/// Who sent a request, for the audit trail. Until authentication exists the
-/// actor is the client's address.
+/// Who sent a request, for the audit trail: the authenticated account, or
+/// `anonymous`; while the registry is open (no accounts), the client's address.
 pub(crate) fn origin(parts: &axum::http::request::Parts) -> Origin {
-    let client = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let client = access::client(&parts.extensions);
+    let actor = match parts.extensions.get::<Principal>() {
+        Some(Principal::Account(a)) => Some(a.name.clone()),
+        Some(Principal::Anonymous(_)) => Some("anonymous".to_string()),
+        _ => None,
+    };
     let text = |name: &str| {
         parts
             .headers
@@ -226,7 +248,9 @@ pub(crate) fn origin(parts: &axum::http::request::Parts) -> Origin {
             .map(|v| v.chars().take(512).collect::<String>())
     };
     Origin {
-        actor: client.clone().unwrap_or_else(|| "unknown".to_string()),
+        actor: actor
+            .or_else(|| client.clone())
+            .unwrap_or_else(|| "unknown".to_string()),
         client,
         request_id: text("x-request-id"),
         user_agent: text("user-agent"),

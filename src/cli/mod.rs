@@ -1,6 +1,7 @@
 //! Subcommands that work on the registry's database and storage directly
 //! (`cairn audit …`, `cairn provenance …`, and the operations that run without a server).
 
+pub mod accounts;
 pub mod audit;
 pub mod provenance;
 pub mod retention;

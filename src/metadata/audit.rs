@@ -19,8 +19,9 @@ use super::{now_ms, Backend, Metadata, Result};
 /// Who asked for a change, and through which request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Origin {
-    /// The account once authentication exists; until then the client address,
-    /// or `cairn:<task>` for the registry's own jobs (retention, GC).
+    /// The authenticated account (`anonymous` without credentials); the client
+    /// address while the registry is open (no accounts); `cairn:<task>` for the
+    /// registry's own jobs (retention, GC).
     pub actor: String,
     pub client: Option<String>,
     pub request_id: Option<String>,

@@ -1634,6 +1634,7 @@ where
 }
 
 // After the macros it uses.
+mod accounts;
 mod audit;
 mod console;
 mod gc;
@@ -1641,6 +1642,7 @@ mod provenance;
 mod pulls;
 mod retention;
 
+pub use accounts::{Account, StoredCredentials, StoredKey};
 pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
 };

@@ -7,3 +7,4 @@ pub mod immutability;
 pub mod retention;
 
 pub use immutability::{equivalent_indexes, Decision, Mutability, RuleSet, RuleSpec};
+pub mod access;

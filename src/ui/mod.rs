@@ -6,8 +6,8 @@
 //! copy-to-clipboard script below. Links to URLs taken from stored data are
 //! made only for `http`/`https` URLs. Reading works without JavaScript.
 //!
-//! Every page asks [`Viewer`] what it may show: one decision, today allowing
-//! everything, where access control will plug in a principal's scopes.
+//! Every page asks [`Viewer`] what it may show: one decision, from the
+//! signed-in account's roles (everything while access control is open).
 
 mod format;
 mod pages;
@@ -23,6 +23,8 @@ use axum::Router;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::api::AppState;
+use crate::auth::{Auth, Principal, Verdict};
+use crate::policy::access::{Action, Target};
 use crate::service;
 
 pub use format::{human_size, short_digest};
@@ -44,27 +46,40 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 /// Who is looking at the console, and the one place that decides what they
-/// may see. Until access control exists there is no principal and every
-/// repository is visible; handlers filter every list through
-/// [`Viewer::may_see`] and refuse single pages with a 404 through
-/// [`Viewer::require`], so adding scopes changes this type only.
-#[derive(Debug, Clone, Default)]
+/// may see: the signed-in account's roles, as on the JSON API. Handlers filter
+/// every list through [`Viewer::may_see`] and refuse single pages with a 404
+/// through [`Viewer::require`].
+#[derive(Clone)]
 pub struct Viewer {
-    /// The signed-in principal (none yet: anonymous).
+    /// The account name, when one is signed in.
     pub principal: Option<String>,
+    access: Option<(Principal, Arc<Auth>)>,
 }
 
 impl Viewer {
-    /// Whether this viewer may see `repository` (its tags, artifacts,
-    /// provenance, promotions, retention and audit entries).
-    pub fn may_see(&self, _repository: &str) -> bool {
-        true
+    fn allowed(&self, action: Action, target: Target<'_>) -> bool {
+        match &self.access {
+            None => true,
+            Some((p, auth)) => auth.authorize(p, action, target) == Verdict::Allow,
+        }
     }
 
-    /// Whether this viewer may see registry-wide facts: audit entries with
-    /// no repository (policy changes, retention runs) and the dashboard totals.
+    /// Whether this viewer may see `repository` (its tags, artifacts,
+    /// provenance, promotions, retention and audit entries): readers, writers
+    /// and admins of it, and auditors (who read, never change).
+    pub fn may_see(&self, repository: &str) -> bool {
+        self.allowed(Action::Read, Target::Repository(repository))
+            || self.allowed(Action::ReadProvenance, Target::Repository(repository))
+    }
+
+    /// Whether this viewer may see registry-wide facts: the dashboard totals.
     pub fn may_see_registry(&self) -> bool {
-        true
+        self.allowed(Action::Catalog, Target::Global) || self.allowed(Action::Audit, Target::Global)
+    }
+
+    /// Whether this viewer may read the audit log (auditors and admins of `**`).
+    pub fn may_audit(&self) -> bool {
+        self.allowed(Action::Audit, Target::Global)
     }
 
     /// A 404 (not a 403: names of hidden repositories are not disclosed)
@@ -80,11 +95,21 @@ impl Viewer {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Viewer {
+impl FromRequestParts<Arc<AppState>> for Viewer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Viewer::default())
+    /// The principal the access-control middleware attached (none: open).
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = parts.extensions.get::<Principal>().cloned();
+        Ok(Viewer {
+            principal: principal
+                .as_ref()
+                .and_then(|p| p.account().map(str::to_string)),
+            access: principal.map(|p| (p, state.auth.clone())),
+        })
     }
 }
 

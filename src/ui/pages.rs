@@ -754,6 +754,9 @@ pub(super) async fn audit(
     RawQuery(raw): RawQuery,
 ) -> Page {
     let q = query(raw);
+    if !viewer.may_audit() {
+        return Err(UiError::not_found("no such page"));
+    }
     if let Some(r) = param(&q, "repository") {
         viewer.require(r)?;
     }
@@ -840,7 +843,7 @@ pub(super) async fn audit(
 
 /// `GET /ui/audit/verify`: recomputes the hash chain.
 pub(super) async fn audit_verify(State(state): State<Arc<AppState>>, viewer: Viewer) -> Page {
-    if !viewer.may_see_registry() {
+    if !viewer.may_audit() {
         return Err(UiError::not_found("no such page"));
     }
     let report = state.registry.audit_verify(|_, _| {}).await?;

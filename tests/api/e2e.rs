@@ -84,7 +84,7 @@ pub(crate) async fn run(program: &str, args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail; returns its stderr.
-async fn run_failing(program: &str, args: &[&str]) -> String {
+pub(crate) async fn run_failing(program: &str, args: &[&str]) -> String {
     let line = format!("{program} {}", args.join(" "));
     let out = tokio::time::timeout(COMMAND_TIMEOUT, exec(program, args))
         .await
@@ -163,7 +163,7 @@ async fn served_tags(app: &TestApp, repo: &str) -> Vec<String> {
 
 /// Writes an OCI image layout with one image (config + one tar layer) tagged
 /// `tag`; returns the manifest's digest and bytes.
-fn write_oci_layout(dir: &Path, tag: &str, file_content: &[u8]) -> (String, Vec<u8>) {
+pub(crate) fn write_oci_layout(dir: &Path, tag: &str, file_content: &[u8]) -> (String, Vec<u8>) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("layout dir");
     let put = |data: &[u8]| -> String {
@@ -366,7 +366,7 @@ async fn skopeo_copy(app: TestApp) {
 // ---- docker ----------------------------------------------------------------
 
 /// Removes docker images when dropped, pass or fail.
-struct DockerImages(Vec<String>);
+pub(crate) struct DockerImages(pub(crate) Vec<String>);
 
 impl Drop for DockerImages {
     fn drop(&mut self) {
@@ -460,7 +460,11 @@ async fn run_with(program: &str, pre: &[String], args: &[&str]) -> String {
 }
 
 /// Removes a podman/buildah storage tree (vfs layers and all) when dropped.
-struct Storage(PathBuf, &'static str, Vec<String>);
+pub(crate) struct Storage(
+    pub(crate) PathBuf,
+    pub(crate) &'static str,
+    pub(crate) Vec<String>,
+);
 
 impl Drop for Storage {
     fn drop(&mut self) {

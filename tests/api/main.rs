@@ -2,9 +2,10 @@
 //! over PostgreSQL, driven with raw HTTP and with real clients.
 
 mod audit;
+mod auth;
 mod blobs;
-mod crash;
 mod browser;
+mod crash;
 mod e2e;
 mod faults;
 mod helpers;
@@ -18,6 +19,6 @@ mod process;
 mod protocol;
 mod provenance;
 mod retention;
-mod upgrade;
 mod ui;
+mod upgrade;
 mod uploads;

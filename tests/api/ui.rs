@@ -326,11 +326,17 @@ async fn queries(app: &TestApp) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Queries one page view costs.
+/// Queries one page view costs: the least of three views, since background
+/// work (provenance extraction after a push, the access-control check for a
+/// first account) adds queries of its own between two scrapes, never removes.
 async fn cost(app: &TestApp, path: &str) -> u64 {
-    let before = queries(app).await;
-    ok_page(app, path).await;
-    queries(app).await - before
+    let mut least = u64::MAX;
+    for _ in 0..3 {
+        let before = queries(app).await;
+        ok_page(app, path).await;
+        least = least.min(queries(app).await - before);
+    }
+    least
 }
 
 /// A page of 30 rows costs as many queries as a page of 3: nothing is

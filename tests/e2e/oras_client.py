@@ -67,11 +67,17 @@ def main() -> int:
     ap.add_argument("--registry", required=True)
     ap.add_argument("--repo", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--username")
+    ap.add_argument("--password")
     args = ap.parse_args()
 
     os.chdir(args.workdir)
     base = f"{args.registry}/{args.repo}"
     client = Client(hostname=args.registry, insecure=True, tls_verify=False)
+    if args.username:
+        # Basic credentials for the token endpoint; oras-py then follows the
+        # registry's Bearer challenges.
+        client.auth.set_basic_auth(args.username, args.password)
 
     # Inputs: an empty JSON config, a binary payload, a larger one for the
     # chunked upload, and an SBOM for the referrer.
