@@ -385,3 +385,107 @@ async fn a_reader_follows_a_release_in_chromium() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// An auditor signs in (the browser answers the console's Basic challenge),
+/// reads the repository, the artifact's provenance and the audit log, and
+/// finds no action that changes anything: no form, no button but "Copy".
+#[tokio::test]
+async fn an_auditor_reads_and_cannot_reach_a_delete() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.auth.required = false).await;
+    let repo = "shop/audited";
+    let (_, d) = app.push_image(repo, "v1", b"audited release").await;
+    let r = app
+        .req(Method::PUT, &format!("/api/v1/provenance/{repo}@{d}"))
+        .header("Content-Type", "application/json")
+        .body(statement(&d).to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 201);
+    // Accounts from now on: the registry closes.
+    let meta = cairn::open_metadata(&app.config).await.expect("database");
+    let origin = cairn::metadata::Origin::system("test");
+    for (name, role) in [("ada", "auditor"), ("root", "admin")] {
+        let roles = vec![("**".to_string(), role.to_string())];
+        assert!(
+            cairn::auth::create_user(&meta, name, "audit pass phrase", &roles, &origin)
+                .await
+                .expect("user")
+        );
+    }
+    meta.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get("/ui/").await.status() != 401 {
+        assert!(Instant::now() < deadline, "the console stayed open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let signed_in = app
+        .base
+        .replace("http://", "http://ada:audit%20pass%20phrase@");
+
+    let driver = start_driver().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let c = browser(&driver, profile.path()).await;
+    let result = std::panic::AssertUnwindSafe(async {
+        for page in [
+            "/ui/".to_string(),
+            format!("/ui/r/{repo}"),
+            format!("/ui/r/{repo}/-/artifacts/{d}"),
+            "/ui/audit".to_string(),
+        ] {
+            c.goto(&format!("{signed_in}{page}")).await.expect("goto");
+            let body = text(&c, "body").await;
+            assert!(!body.contains("401"), "{page} refused the auditor: {body}");
+            // Forms only look things up (GET); no control names a change.
+            for f in c.find_all(Locator::Css("form")).await.expect("query") {
+                let method = f.attr("method").await.expect("method").unwrap_or_default();
+                assert!(
+                    method.is_empty() || method.eq_ignore_ascii_case("get"),
+                    "{page} has a form that changes something ({method})"
+                );
+            }
+            for b in c
+                .find_all(Locator::Css("button, input[type=submit]"))
+                .await
+                .expect("query")
+            {
+                let label = b.text().await.expect("button text").to_lowercase();
+                for word in ["delete", "remove", "promote", "release", "apply", "push"] {
+                    assert!(!label.contains(word), "{page} has a {label:?} control");
+                }
+            }
+            assert!(
+                !body.to_lowercase().contains("delete manifest"),
+                "{page} offers a delete"
+            );
+        }
+        // What the auditor came for: the commit on the artifact page, and the trail.
+        c.goto(&format!("{signed_in}/ui/r/{repo}/-/artifacts/{d}"))
+            .await
+            .expect("goto");
+        let body = text(&c, "body").await;
+        assert!(body.contains(COMMIT) && body.contains(BUILDER), "{body}");
+        c.goto(&format!("{signed_in}/ui/audit?repository={repo}"))
+            .await
+            .expect("goto");
+        let body = text(&c, "body").await;
+        assert!(
+            body.contains("provenance.ingest") && body.contains("manifest.push"),
+            "{body}"
+        );
+    })
+    .catch_unwind()
+    .await;
+    c.close().await.expect("close the browser");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    // And the API agrees: the auditor's delete is refused.
+    let r = app
+        .req(Method::DELETE, &format!("/v2/{repo}/manifests/{d}"))
+        .basic_auth("ada", Some("audit pass phrase"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 403);
+}
