@@ -289,7 +289,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
-    let _telemetry = cairn::telemetry::init(&config)?;
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let _telemetry = cairn::telemetry::init(&config, !serving)?;
     match cli.command {
         Command::Serve { insecure_open } => {
             let mut config = config;

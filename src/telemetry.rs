@@ -29,13 +29,26 @@ impl Drop for Telemetry {
 }
 
 /// Installs the process-wide subscriber. `CAIRN_LOG` overrides `log.level`.
-pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+///
+/// `serve` logs to standard output (what container runtimes collect); the other
+/// subcommands log to standard error, so their output (`--json` plans and
+/// reports, exports) stays machine-readable.
+pub fn init(config: &Config, to_stderr: bool) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_from_env("CAIRN_LOG").or_else(|_| EnvFilter::try_new(&config.log.level))?;
-    let fmt = match config.log.format.as_str() {
-        "json" => tracing_subscriber::fmt::layer().json().boxed(),
-        "pretty" => tracing_subscriber::fmt::layer().boxed(),
-        other => anyhow::bail!("log.format must be \"pretty\" or \"json\", not {other:?}"),
+    let fmt = match (config.log.format.as_str(), to_stderr) {
+        ("json", false) => tracing_subscriber::fmt::layer().json().boxed(),
+        ("json", true) => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        ("pretty", false) => tracing_subscriber::fmt::layer().boxed(),
+        ("pretty", true) => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (other, _) => {
+            anyhow::bail!("log.format must be \"pretty\" or \"json\", not {other:?}")
+        }
     };
     let registry = tracing_subscriber::registry().with(filter).with(fmt);
 

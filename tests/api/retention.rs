@@ -854,7 +854,7 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
             .arg("--config")
             .arg(&config_path)
             .args(args)
-            .env("CAIRN_LOG__LEVEL", "warn")
+            .env("CAIRN_LOG__LEVEL", "info")
             .output()
             .expect("run cairn");
         (
