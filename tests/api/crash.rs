@@ -18,8 +18,25 @@ use crate::helpers::{fresh_postgres_db, image_manifest, sha256, OCI_MANIFEST};
 const REPO: &str = "crash/app";
 const KILLS: usize = 50;
 
+/// A server process, killed when dropped (also when an assertion fails).
+struct Running(Child);
+
+impl Running {
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `cairn serve` in `dir` (SQLite there, or `database`), on a fresh port.
-fn start(dir: &std::path::Path, database: Option<&str>) -> (Child, String) {
+fn start(dir: &std::path::Path, database: Option<&str>) -> (Running, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.arg("serve")
         .current_dir(dir)
@@ -46,7 +63,7 @@ fn start(dir: &std::path::Path, database: Option<&str>) -> (Child, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
+    (Running(child), format!("http://{addr}"))
 }
 
 /// What the server acknowledged.
@@ -183,8 +200,7 @@ async fn crash_loop(database: Option<String>) {
         // kills land in every phase of a push.
         let wait = rand::rng().random_range(250..900);
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.kill();
         let (c, url) = start(dir.path(), database.as_deref());
         child = c;
         *base.write().unwrap() = url;
@@ -200,8 +216,7 @@ async fn crash_loop(database: Option<String>) {
         attempts += n;
     }
     // One last crash, then check everything on a fresh start.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let (mut child, b) = start(dir.path(), database.as_deref());
     let c = reqwest::Client::new();
     let get = |path: String| {
@@ -293,8 +308,7 @@ async fn crash_loop(database: Option<String>) {
         acked.images.len() >= 20,
         "the run pushed too little to mean anything"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
