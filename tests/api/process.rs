@@ -357,3 +357,142 @@ async fn request_spans_are_exported_over_otlp() {
     assert!(has(b"cairn"), "the resource names the service");
     assert!(has(b"request"), "the request span is exported");
 }
+
+/// Open file descriptors of the server process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
+/// Clients that disconnect in the middle of an upload or a download leave
+/// nothing open behind them: no file handle, no connection, and the upload
+/// sessions they started are still listed (to be resumed or expired), never
+/// half-written blobs.
+#[tokio::test]
+async fn disconnects_mid_transfer_leak_no_file_handles() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::start();
+    let client = reqwest::Client::new();
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // A 16 MiB blob to download, and warm-up so pools exist before counting.
+    let digest = generated_digest(16);
+    let r = client
+        .post(format!(
+            "{}/v2/leak/app/blobs/uploads/?digest={digest}",
+            server.base
+        ))
+        .body(reqwest::Body::wrap_stream(generated(16)))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status(), 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = open_fds(server.child.id());
+
+    let mut sessions = Vec::new();
+    for i in 0..40 {
+        // Upload: a session, then a PATCH announcing 8 MiB that stops after 1 MiB.
+        let r = client
+            .post(format!("{}/v2/leak/app/blobs/uploads/", server.base))
+            .send()
+            .await
+            .expect("start");
+        let location = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+             Content-Range: 0-8388607\r\nContent-Length: 8388608\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("head");
+        s.write_all(&vec![i as u8; 1 << 20]).await.expect("body");
+        drop(s);
+        sessions.push(location);
+        // Download: read the first bytes of the 16 MiB blob, then hang up.
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let get = format!("GET /v2/leak/app/blobs/{digest} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        s.write_all(get.as_bytes()).await.expect("get");
+        let mut buf = vec![0u8; 64 << 10];
+        let _ = s.read(&mut buf).await.expect("read");
+        drop(s);
+    }
+    // Give the server a moment to notice the closed sockets.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let n = open_fds(server.child.id());
+        if n <= before + 4 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        after <= before + 4,
+        "open file descriptors grew from {before} to {after} after 80 abandoned transfers"
+    );
+    // Where chunks live: a chunk that does arrive is one file under the session.
+    let r = client
+        .post(format!("{}/v2/leak/app/blobs/uploads/", server.base))
+        .send()
+        .await
+        .expect("start");
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let r = client
+        .patch(format!("{}{location}", server.base))
+        .header("Content-Range", "0-9")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 202);
+    let id = location.rsplit('/').next().expect("session id");
+    let kept = server._dir.path().join("data/blobs/uploads").join(id);
+    assert_eq!(
+        std::fs::read_dir(&kept).expect("chunk directory").count(),
+        1
+    );
+    // The abandoned chunks were never recorded: each session is still at 0
+    // bytes, ready to be resumed (or expired).
+    for location in &sessions {
+        let r = client
+            .get(format!("{}{location}", server.base))
+            .send()
+            .await
+            .expect("status");
+        assert_eq!(r.status(), 204);
+        assert_eq!(r.headers()["range"], "0-0");
+        // ...and the abandoned bytes were not left on disk.
+        let id = location.rsplit('/').next().expect("session id");
+        let dir = server._dir.path().join("data/blobs/uploads").join(id);
+        let leftovers = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(
+            leftovers,
+            0,
+            "{} holds abandoned chunk files",
+            dir.display()
+        );
+    }
+    let r = client
+        .get(format!("{}/v2/leak/app/blobs/{digest}", server.base))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(r.bytes().await.expect("body")))
+        ),
+        digest
+    );
+}
