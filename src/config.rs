@@ -313,6 +313,7 @@ impl Config {
             max_page: self.limits.max_page.max(1),
             max_upload_sessions: self.limits.max_upload_sessions,
             body_idle_timeout: std::time::Duration::from_secs(self.limits.body_idle_timeout_secs),
+            gc_grace: std::time::Duration::from_secs(self.gc.grace_secs),
         }
     }
 

@@ -172,6 +172,10 @@ pub struct NewManifest {
     pub children: Vec<Digest>,
     /// Every blob must be stored (false: `limits.allow_sparse_manifests`).
     pub require_blobs: bool,
+    /// A referenced blob touched less than this long ago (milliseconds) is not
+    /// touched again: the shared rows of popular layers stay unlocked. Safe
+    /// while it is at most half the collection grace period (0: always touch).
+    pub touch_fresh_ms: i64,
 }
 
 /// A tag to bind in a manifest push, with the policy's verdict on it.
@@ -969,6 +973,21 @@ impl Metadata {
             // period, so either it claimed one first (and this push fails here)
             // or it will see this reference.
             for b in &m.blobs {
+                if m.touch_fresh_ms > 0 {
+                    let row = sqlx::query_as::<_, (String, i64)>(
+                        "SELECT state, touched_at FROM blobs WHERE digest = $1",
+                    )
+                    .bind(b.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    // A collection can claim it only once it is `grace` old,
+                    // and this push commits long before half of that passes.
+                    if let Some((state, at)) = &row {
+                        if state == "live" && now - at < m.touch_fresh_ms {
+                            continue;
+                        }
+                    }
+                }
                 let touched = sqlx::query(
                     "UPDATE blobs SET touched_at = $1, touches = touches + 1
                       WHERE digest = $2 AND state = 'live'",

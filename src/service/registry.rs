@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_upload_sessions: u64,
     /// How long a request body may send nothing (zero: forever).
     pub body_idle_timeout: std::time::Duration,
+    /// `gc.grace_secs`: blobs written or referenced this recently are never
+    /// collected.
+    pub gc_grace: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             max_page: 10_000,
             max_upload_sessions: 0,
             body_idle_timeout: std::time::Duration::ZERO,
+            gc_grace: std::time::Duration::ZERO,
         }
     }
 }
@@ -772,6 +776,7 @@ impl Registry {
             blobs: blob_refs,
             children,
             require_blobs: !self.limits.allow_sparse_manifests,
+            touch_fresh_ms: (self.limits.gc_grace.as_millis() / 2).min(60_000) as i64,
         };
         let bindings: Vec<TagBinding> = tags
             .into_iter()

@@ -104,6 +104,7 @@ fn manifest(seed: &[u8], subject: Option<Digest>, artifact_type: Option<&str>) -
         children: vec![],
         // These tests store manifests without their blobs.
         require_blobs: false,
+        touch_fresh_ms: 0,
     }
 }
 

@@ -779,6 +779,7 @@ async fn thousands_of_artifacts_are_planned_quickly(app: TestApp) {
         blobs: vec![],
         children,
         require_blobs: false,
+        touch_fresh_ms: 0,
     };
     let mut n = 0;
     for i in 0..2000 {
