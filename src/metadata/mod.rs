@@ -1638,6 +1638,7 @@ mod accounts;
 mod audit;
 mod console;
 mod gc;
+mod jobs;
 mod provenance;
 mod pulls;
 mod retention;
@@ -1647,6 +1648,7 @@ pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
 };
 pub use console::{DayCount, RepositoryPullTotal, RepositorySummary, TagSummary, Totals, DAY_MS};
+pub use jobs::{Job, JobLock};
 pub use provenance::{
     MaterialRecord, NewProvenance, ProvenancePage, ProvenanceQuery, ProvenanceRecord,
     StoredProvenance, SOURCE_API, SOURCE_ATTESTATION, SOURCE_LABELS,

@@ -10,6 +10,7 @@ mod e2e;
 mod faults;
 mod helpers;
 mod immutability;
+mod jobs;
 mod limits;
 mod listing;
 mod manifests;
