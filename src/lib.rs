@@ -32,7 +32,7 @@ pub use config::Config;
 use metadata::{DbOptions, Metadata};
 use metrics::Metrics;
 use service::{PullStats, Registry};
-use storage::{BlobStore, MeteredStore};
+use storage::MeteredStore;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -165,7 +165,7 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Metadata> {
 /// work on the database and storage directly (`cairn gc`, `cairn retention …`).
 pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
     let meta = open_metadata(config).await?;
-    let blobs = MeteredStore::new(BlobStore::open(&config.storage_url()?)?, None);
+    let blobs = MeteredStore::new(config.blob_store()?, None);
     Ok(Registry::new(
         meta,
         blobs,
@@ -194,7 +194,7 @@ impl App {
             meta = meta.with_observer(m.clone());
         }
         let blobs = MeteredStore::new(
-            BlobStore::open(&config.storage_url()?)?,
+            config.blob_store()?,
             metrics
                 .clone()
                 .map(|m| m as Arc<dyn storage::StoreObserver>),
