@@ -20,6 +20,7 @@ mod process;
 mod protocol;
 mod provenance;
 mod retention;
+mod s3;
 mod ui;
 mod upgrade;
 mod uploads;
