@@ -218,3 +218,68 @@ async fn a_64_mib_chunked_upload() {
     assert_eq!(len, 4 * CHUNK);
     assert_eq!(format!("sha256:{}", hex::encode(pulled.finalize())), d);
 }
+
+/// Two replicas on one PostgreSQL database and one bucket: an upload whose every
+/// request goes to the other replica than the one before, then pulled from the
+/// one that did not finish it.
+#[tokio::test]
+async fn an_upload_spread_over_two_replicas() {
+    let a = s3_app().await;
+    let b = a.restart().await;
+    let replicas = [&a, &b];
+    let data: Vec<u8> = (0..9_000_000u32).map(|i| (i * 31 % 257) as u8).collect();
+    let d = sha256(&data);
+
+    let mut location = start(&a, "s3/replicas").await;
+    let mut offset = 0usize;
+    for (i, c) in data.chunks(2_000_000).enumerate() {
+        // Chunk 0 to b, chunk 1 to a, …: never the replica of the request before.
+        let app = replicas[(i + 1) % 2];
+        let path = location
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+            .unwrap()
+            .to_string();
+        let r = app
+            .client
+            .patch(format!("{}{path}", app.base))
+            .header("Content-Type", "application/octet-stream")
+            .header(
+                "Content-Range",
+                format!("{offset}-{}", offset + c.len() - 1),
+            )
+            .body(c.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            202,
+            "chunk {i}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        offset += c.len();
+        location = app.url_of(r.headers()["location"].to_str().unwrap());
+    }
+    // Five chunks, the last to b: a finishes and b serves the pull.
+    let path = location
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap()
+        .to_string();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let r = a
+        .client
+        .put(format!("{}{path}{sep}digest={d}", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+
+    let r = b.get(&format!("/v2/s3/replicas/blobs/{d}")).await;
+    assert_eq!(r.status(), 200);
+    let pulled = r.bytes().await.unwrap();
+    assert_eq!(pulled.len(), data.len());
+    assert_eq!(sha256(&pulled), d);
+    assert_range(&b, "s3/replicas", &d, &data, 1_999_990, 2_000_009).await;
+}
