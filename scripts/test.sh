@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what is missing
-# (PostgreSQL, skopeo, podman, buildah, oras, openssl, Chromium and chromedriver
-# for the web console's browser test), starts a PostgreSQL server on 127.0.0.1:5432
+# (PostgreSQL, skopeo, podman, buildah, oras, moto, openssl, Chromium and
+# chromedriver for the web console's browser test), starts a PostgreSQL server on 127.0.0.1:5432
 # if none answers there, then runs formatting, lint and every test.
 #
 # A missing PostgreSQL or client tool is always a failure, never a skip (with
 # CI=true as without). Environment:
 #   CAIRN_TEST_POSTGRES_URL  use this server instead of starting one
+#   CAIRN_TEST_S3_ENDPOINT   use this S3-compatible server instead of moto
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,6 +38,14 @@ if ! python3 -c 'import oras.provider' 2>/dev/null; then
   log "installing oras (PyPI)"
   python3 -m pip install -q 'oras==0.2.*' 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'oras==0.2.*'
+fi
+
+# moto, an S3-compatible server (PyPI), for the tests that keep blobs in S3
+# (tests/api/s3.rs); the test harness starts it itself on a free port.
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto[server] (PyPI)"
+  python3 -m pip install -q 'moto[server]==5.*' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'moto[server]==5.*'
 fi
 
 # ---- PostgreSQL ---------------------------------------------------------------

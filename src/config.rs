@@ -48,6 +48,78 @@ pub struct StorageConfig {
     /// An object_store URL: `file:///abs/path` (or `file://./relative`),
     /// `memory://`, `s3://bucket/prefix`, `gs://…`, `az://…`.
     pub url: String,
+    /// Settings of an `s3://` store; each overrides the matching `AWS_*`
+    /// environment variable.
+    #[serde(default, skip_serializing_if = "S3Config::is_empty")]
+    pub s3: S3Config,
+}
+
+/// `[storage.s3]`: how to reach an S3 or S3-compatible store (MinIO, Ceph,
+/// moto…). Unset keys fall back to the standard `AWS_*` environment variables
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000` for a local S3-compatible server. Absent:
+    /// AWS's endpoint for the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Address the bucket in the path (`endpoint/bucket/key`) rather than in
+    /// the host name (`bucket.endpoint/key`); most S3-compatible servers want it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Allow a plain `http://` endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+}
+
+impl S3Config {
+    pub fn is_empty(&self) -> bool {
+        self == &S3Config::default()
+    }
+
+    /// As `object_store` configuration keys.
+    pub fn options(&self) -> Vec<(String, String)> {
+        let keys = [
+            ("aws_endpoint", self.endpoint.clone()),
+            ("aws_region", self.region.clone()),
+            (
+                "aws_virtual_hosted_style_request",
+                self.path_style.map(|p| (!p).to_string()),
+            ),
+            ("aws_allow_http", self.allow_http.map(|a| a.to_string())),
+            ("aws_access_key_id", self.access_key_id.clone()),
+            ("aws_secret_access_key", self.secret_access_key.clone()),
+            ("aws_session_token", self.session_token.clone()),
+        ];
+        keys.into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect()
+    }
+}
+
+/// Secrets stay out of logs and error messages.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -210,6 +282,7 @@ impl Default for Config {
             },
             storage: StorageConfig {
                 url: "file://./data/blobs".into(),
+                s3: S3Config::default(),
             },
             limits: LimitsConfig {
                 max_manifest_bytes: l.max_manifest_bytes,
@@ -341,6 +414,11 @@ impl Config {
         Duration::from_secs(self.database.acquire_timeout_secs)
     }
 
+    /// The blob store named by `storage`.
+    pub fn blob_store(&self) -> Result<crate::storage::BlobStore, crate::storage::Error> {
+        crate::storage::BlobStore::open_with(&self.storage_url()?, &self.storage.s3.options())
+    }
+
     /// The storage URL with a relative `file://` path made absolute.
     pub fn storage_url(&self) -> std::io::Result<String> {
         let u = &self.storage.url;
@@ -372,6 +450,28 @@ mod tests {
             assert_eq!(c, Config::default());
             Ok(())
         });
+    }
+
+    #[test]
+    fn s3_settings_become_object_store_keys_and_secrets_stay_out_of_debug() {
+        let s3 = S3Config {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: Some("eu-west-1".into()),
+            path_style: Some(true),
+            allow_http: Some(true),
+            access_key_id: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some("very-secret".into()),
+            session_token: None,
+        };
+        let opts: std::collections::BTreeMap<_, _> = s3.options().into_iter().collect();
+        assert_eq!(opts["aws_endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(opts["aws_region"], "eu-west-1");
+        assert_eq!(opts["aws_virtual_hosted_style_request"], "false");
+        assert_eq!(opts["aws_allow_http"], "true");
+        assert_eq!(opts["aws_secret_access_key"], "very-secret");
+        assert!(!opts.contains_key("aws_session_token"));
+        assert!(!format!("{s3:?}").contains("very-secret"));
+        assert!(S3Config::default().options().is_empty());
     }
 
     #[test]

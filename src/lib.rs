@@ -32,7 +32,7 @@ pub use config::Config;
 use metadata::{DbOptions, Metadata};
 use metrics::Metrics;
 use service::{PullStats, Registry};
-use storage::{BlobStore, MeteredStore};
+use storage::MeteredStore;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -123,6 +123,32 @@ async fn serve_http(
     Ok(())
 }
 
+/// Runs a scheduled `job` unless another replica is running it right now (see
+/// `metadata::jobs`): `None` when it was skipped, because the lock was held
+/// elsewhere or could not be asked for.
+async fn exclusively<T>(
+    registry: &Registry,
+    job: metadata::Job,
+    run: impl Future<Output = T>,
+) -> Option<T> {
+    let lock = match registry.metadata().try_job_lock(job).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::debug!(job = job.as_str(), "running on another replica; skipped");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(job = job.as_str(), error = %e, "could not take the job lock; skipped");
+            return None;
+        }
+    };
+    let result = run.await;
+    if let Err(e) = lock.release().await {
+        tracing::warn!(job = job.as_str(), error = %e, "could not release the job lock");
+    }
+    Some(result)
+}
+
 /// Connects to the database named in `config` and applies migrations.
 pub async fn open_metadata(config: &Config) -> anyhow::Result<Metadata> {
     let meta = Metadata::connect(&DbOptions {
@@ -139,7 +165,7 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Metadata> {
 /// work on the database and storage directly (`cairn gc`, `cairn retention …`).
 pub async fn build_registry(config: &Config) -> anyhow::Result<Registry> {
     let meta = open_metadata(config).await?;
-    let blobs = MeteredStore::new(BlobStore::open(&config.storage_url()?)?, None);
+    let blobs = MeteredStore::new(config.blob_store()?, None);
     Ok(Registry::new(
         meta,
         blobs,
@@ -168,7 +194,7 @@ impl App {
             meta = meta.with_observer(m.clone());
         }
         let blobs = MeteredStore::new(
-            BlobStore::open(&config.storage_url()?)?,
+            config.blob_store()?,
             metrics
                 .clone()
                 .map(|m| m as Arc<dyn storage::StoreObserver>),
@@ -265,7 +291,16 @@ impl App {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    match registry.expire_uploads(ttl).await {
+                    let Some(expired) = exclusively(
+                        &registry,
+                        metadata::Job::UploadExpiry,
+                        registry.expire_uploads(ttl),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    match expired {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(expired = n, "cancelled idle upload sessions"),
                         Err(e) => tracing::warn!(error = %e, "could not expire idle uploads"),
@@ -283,10 +318,16 @@ impl App {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
-                    match registry
-                        .collect_garbage(grace, Duration::ZERO, false, |_, _| {})
-                        .await
-                    {
+                    let Some(collected) = exclusively(
+                        &registry,
+                        metadata::Job::GarbageCollection,
+                        registry.collect_garbage(grace, Duration::ZERO, false, |_, _| {}),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    match collected {
                         Ok(r) => {
                             if let Some(m) = &metrics {
                                 m.gc_finished(r.blobs, r.bytes);
@@ -306,11 +347,14 @@ impl App {
                 let origin = metadata::Origin::system("retention");
                 loop {
                     tick.tick().await;
-                    let applied = async {
+                    let Some(applied) = exclusively(&registry, metadata::Job::Retention, async {
                         let plan = registry.retention_plan(None, &origin).await?;
                         registry.retention_apply(&plan.id, &origin, |_, _| {}).await
-                    }
-                    .await;
+                    })
+                    .await
+                    else {
+                        continue;
+                    };
                     if let (Ok(r), Some(m)) = (&applied, &metrics) {
                         m.retention_applied(r.deleted.len() as u64, r.refused.len() as u64);
                     }

@@ -1657,6 +1657,7 @@ mod accounts;
 mod audit;
 mod console;
 mod gc;
+mod jobs;
 mod provenance;
 mod pulls;
 mod retention;
@@ -1666,6 +1667,7 @@ pub use audit::{
     chain_hash, AuditEntry, AuditQuery, AuditRecord, BrokenLink, Origin, VerifyReport, GENESIS,
 };
 pub use console::{DayCount, RepositoryPullTotal, RepositorySummary, TagSummary, Totals, DAY_MS};
+pub use jobs::{Job, JobLock};
 pub use provenance::{
     MaterialRecord, NewProvenance, ProvenancePage, ProvenanceQuery, ProvenanceRecord,
     StoredProvenance, SOURCE_API, SOURCE_ATTESTATION, SOURCE_LABELS,

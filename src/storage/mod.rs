@@ -76,6 +76,12 @@ impl BlobStore {
     /// `s3://`, `gs://`, `az://`). Cloud credentials come from the standard
     /// environment variables of each provider.
     pub fn open(url: &str) -> Result<BlobStore> {
+        Self::open_with(url, &[])
+    }
+
+    /// [`BlobStore::open`] with `object_store` configuration keys (e.g.
+    /// `aws_endpoint`) that override the environment's.
+    pub fn open_with(url: &str, options: &[(String, String)]) -> Result<BlobStore> {
         let parsed = url::Url::parse(url).map_err(|e| Error::Url {
             url: url.to_string(),
             reason: e.to_string(),
@@ -99,7 +105,9 @@ impl BlobStore {
                         let k = k.to_ascii_uppercase();
                         k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
                     })
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v));
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    // Later keys win: the configuration's over the environment's.
+                    .chain(options.iter().cloned());
                 let (store, prefix) =
                     object_store::parse_url_opts(&parsed, opts).map_err(|e| Error::Url {
                         url: url.to_string(),

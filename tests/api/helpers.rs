@@ -45,6 +45,63 @@ pub async fn fresh_postgres_db() -> String {
     url.to_string()
 }
 
+/// The S3-compatible server the S3 tests store blobs in: `CAIRN_TEST_S3_ENDPOINT`
+/// if set, else a moto server (`pip install 'moto[server]'`, which
+/// `scripts/test.sh` does) started once per test process on a free port. The
+/// harness starts it rather than the script so that `cargo test` alone works
+/// and every run begins with an empty server; it is stopped when the test
+/// process exits (its wrapper shell waits on its stdin, which closes then).
+pub async fn s3_endpoint() -> String {
+    static ENDPOINT: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    ENDPOINT
+        .get_or_init(|| async {
+            if let Ok(e) = std::env::var("CAIRN_TEST_S3_ENDPOINT") {
+                return e;
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let child = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "moto_server -H 127.0.0.1 -p \"$0\" >/dev/null 2>&1 & m=$!; read _; kill $m",
+                    &port.to_string(),
+                ])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("sh");
+            // Kept open for the life of the process: its end stops the server.
+            static MOTO: std::sync::OnceLock<std::process::Child> = std::sync::OnceLock::new();
+            let _ = MOTO.set(child);
+            let endpoint = format!("http://127.0.0.1:{port}");
+            for _ in 0..200 {
+                if reqwest::get(&endpoint).await.is_ok() {
+                    return endpoint;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!(
+                "moto_server did not answer on {endpoint}: install it with \
+                 `pip install 'moto[server]'` (scripts/test.sh does) or set CAIRN_TEST_S3_ENDPOINT"
+            );
+        })
+        .await
+        .clone()
+}
+
+/// A new, empty bucket on the test S3 server; returns its name.
+pub async fn fresh_s3_bucket(endpoint: &str) -> String {
+    let bucket = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
+    let r = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(r.status().is_success(), "create bucket: {}", r.status());
+    bucket
+}
+
 /// A running registry and a client for it.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -90,6 +147,33 @@ impl TestApp {
             config,
             dir,
         }
+    }
+
+    /// Starts a registry whose blobs live in a fresh bucket of the test S3
+    /// server, under the prefix `registry/`, with its config adjusted by `tweak`.
+    pub async fn spawn_s3_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let endpoint = s3_endpoint().await;
+        let bucket = fresh_s3_bucket(&endpoint).await;
+        Self::spawn_with(db, move |c| {
+            c.storage.url = format!("s3://{bucket}/registry");
+            c.storage.s3 = cairn::config::S3Config {
+                endpoint: Some(endpoint),
+                region: Some("us-east-1".into()),
+                path_style: Some(true),
+                allow_http: Some(true),
+                access_key_id: Some("cairn-test".into()),
+                secret_access_key: Some("cairn-test-secret".into()),
+                session_token: None,
+            };
+            tweak(c)
+        })
+        .await
+    }
+
+    /// A handle of its own on the registry's object store, for a test that
+    /// looks at the bucket directly.
+    pub fn blob_store(&self) -> cairn::storage::BlobStore {
+        self.config.blob_store().expect("blob store")
     }
 
     /// Starts a second registry with this one's configuration: the same database

@@ -1,0 +1,126 @@
+//! Scheduled jobs on several replicas: each job's lock is held by one replica
+//! at a time, and a replica that cannot take it skips its run.
+
+use std::time::Duration;
+
+use cairn::metadata::Job;
+use cairn::App;
+
+use crate::helpers::{Db, TestApp};
+
+/// Two replicas of one registry on one PostgreSQL database: the lock of a job
+/// goes to one, the other is refused while it is held and gets it once it is
+/// released (or its holder's connection is gone).
+#[tokio::test]
+async fn a_job_lock_is_held_by_one_replica_at_a_time_on_postgres() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let a = App::build(&app.config).await.expect("replica a");
+    let b = App::build(&app.config).await.expect("replica b");
+    let (ma, mb) = (a.registry().metadata(), b.registry().metadata());
+
+    let held = ma
+        .try_job_lock(Job::GarbageCollection)
+        .await
+        .unwrap()
+        .expect("the first replica gets the lock");
+    assert!(
+        mb.try_job_lock(Job::GarbageCollection)
+            .await
+            .unwrap()
+            .is_none(),
+        "the other replica is refused while it is held"
+    );
+    assert!(
+        ma.try_job_lock(Job::GarbageCollection)
+            .await
+            .unwrap()
+            .is_none(),
+        "a second run on the same replica is refused too"
+    );
+    // Other jobs have their own locks.
+    let retention = mb
+        .try_job_lock(Job::Retention)
+        .await
+        .unwrap()
+        .expect("another job's lock is free");
+    retention.release().await.unwrap();
+
+    held.release().await.unwrap();
+    let on_b = mb
+        .try_job_lock(Job::GarbageCollection)
+        .await
+        .unwrap()
+        .expect("after release the other replica gets it");
+    assert!(ma
+        .try_job_lock(Job::GarbageCollection)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Dropped without release (a run that panicked): its connection is closed,
+    // which ends the session and with it the lock.
+    drop(on_b);
+    let mut again = None;
+    for _ in 0..50 {
+        again = ma.try_job_lock(Job::GarbageCollection).await.unwrap();
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again
+        .expect("a dropped lock is released with its connection")
+        .release()
+        .await
+        .unwrap();
+}
+
+/// SQLite has one process by construction: the lock is always granted.
+#[tokio::test]
+async fn a_job_lock_is_always_granted_on_sqlite() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let a = App::build(&app.config).await.expect("second app");
+    let m = a.registry().metadata();
+    let first = m.try_job_lock(Job::UploadExpiry).await.unwrap();
+    let second = m.try_job_lock(Job::UploadExpiry).await.unwrap();
+    assert!(first.is_some() && second.is_some());
+}
+
+/// A replica's scheduled collection skips its runs while another replica holds
+/// the collection lock, and collects once it is released.
+#[tokio::test]
+async fn scheduled_gc_skips_while_another_replica_runs_it() {
+    let app = TestApp::spawn_with(Db::Postgres, |c| {
+        c.gc.interval_secs = 1;
+        c.gc.grace_secs = 0;
+    })
+    .await;
+    let other = App::build(&app.config).await.expect("other replica");
+    let lock = other
+        .registry()
+        .metadata()
+        .try_job_lock(Job::GarbageCollection)
+        .await
+        .unwrap()
+        .expect("lock");
+
+    let digest = app.push_blob("jobs/app", b"an unreferenced blob").await;
+    let path = format!("/v2/jobs/app/blobs/{digest}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.head(&path).await.status(),
+        200,
+        "no collection ran while the other replica held the lock"
+    );
+
+    lock.release().await.unwrap();
+    let mut status = 200;
+    for _ in 0..50 {
+        status = app.head(&path).await.status().as_u16();
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 404, "collected once the lock was released");
+}
