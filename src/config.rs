@@ -390,6 +390,26 @@ impl Config {
         }
     }
 
+    /// This configuration with its secrets replaced by `<redacted>`, for
+    /// printing (`cairn config`): the S3 secret key and session token, and a
+    /// password in the database URL.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("<redacted>".into());
+            }
+        };
+        hide(&mut c.storage.s3.secret_access_key);
+        hide(&mut c.storage.s3.session_token);
+        if let Ok(mut url) = url::Url::parse(&c.database.url) {
+            if url.password().is_some() && url.set_password(Some("redacted")).is_ok() {
+                c.database.url = url.to_string();
+            }
+        }
+        c
+    }
+
     /// The policies as recorded in the audit trail when they change.
     pub fn policy_document(&self) -> serde_json::Value {
         serde_json::json!({
@@ -519,5 +539,18 @@ mod tests {
             assert!(Config::load(Some(Path::new("c.toml"))).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn printed_configuration_hides_secrets() {
+        let mut c = Config::default();
+        c.storage.s3.secret_access_key = Some("very-secret".into());
+        c.database.url = "postgres://cairn:hunter2@127.0.0.1/cairn".into();
+        let text = toml::to_string_pretty(&c.redacted()).expect("toml");
+        assert!(
+            !text.contains("very-secret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("<redacted>") && text.contains("cairn:redacted@127.0.0.1"));
     }
 }

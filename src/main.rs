@@ -309,7 +309,7 @@ async fn main() -> anyhow::Result<()> {
             meta.close().await;
         }
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
         }
         Command::Policy {
             command: PolicyCommand::Explain { reference },
