@@ -194,7 +194,7 @@ pub(super) async fn admin(State(state): State<Arc<AppState>>, req: Request) -> R
     let rest = path.trim_start_matches("/api/v1/admin/").to_string();
     let segs: Vec<&str> = rest.split('/').collect();
     let meta = state.auth.metadata();
-    let origin = super::origin(&parts);
+    let origin = super::origin(&parts.headers, &parts.extensions);
     let o = &origin;
     let m = &parts.method;
     let result: Result<Response, ApiError> = async {

@@ -174,7 +174,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             return observe::outcome(&state, facts, Err(e));
         }
     }
-    let origin = origin(&parts);
+    let origin = origin(&parts.headers, &parts.extensions);
     let ctx = Ctx {
         registry: &state.registry,
         headers: &parts.headers,
@@ -233,16 +233,15 @@ pub(crate) struct Ctx<'a> {
 
 /// Who sent a request, for the audit trail: the authenticated account, or
 /// `anonymous`; while the registry is open (no accounts), the client's address.
-pub(crate) fn origin(parts: &axum::http::request::Parts) -> Origin {
-    let client = access::client(&parts.extensions);
-    let actor = match parts.extensions.get::<Principal>() {
+pub(crate) fn origin(headers: &HeaderMap, extensions: &axum::http::Extensions) -> Origin {
+    let client = access::client(extensions);
+    let actor = match extensions.get::<Principal>() {
         Some(Principal::Account(a)) => Some(a.name.clone()),
         Some(Principal::Anonymous(_)) => Some("anonymous".to_string()),
         _ => None,
     };
     let text = |name: &str| {
-        parts
-            .headers
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(512).collect::<String>())

@@ -258,7 +258,7 @@ async fn put(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let who = origin(&parts);
+    let who = origin(&parts.headers, &parts.extensions);
     let bytes = read_limited(body, MAX_ATTESTATION_BYTES).await?;
     let stored = state
         .registry

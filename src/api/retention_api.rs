@@ -155,11 +155,7 @@ pub(super) async fn repository(State(state): State<Arc<AppState>>, req: Request)
 }
 
 fn origin_of(req: &Request) -> crate::metadata::Origin {
-    let (parts, _) = Request::new(()).into_parts();
-    let mut parts = parts;
-    parts.headers = req.headers().clone();
-    parts.extensions = req.extensions().clone();
-    origin(&parts)
+    origin(req.headers(), req.extensions())
 }
 
 /// `GET /api/v1/holds?repository=&active=true|false`
