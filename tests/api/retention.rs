@@ -743,13 +743,20 @@ async fn serve_collects_on_a_schedule(app: TestApp) {
         assert!(Instant::now() < deadline, "not collected within 15 s");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let runs: Value = app
-        .get("/api/v1/audit?action=gc.run")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(!runs["entries"].as_array().unwrap().is_empty());
+    // The run records its summary once it has finished (after the deletion).
+    loop {
+        let runs: Value = app
+            .get("/api/v1/audit?action=gc.run")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !runs["entries"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no gc.run entry within 15 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A repository with 2,500 artifacts (tags, an index per 10 images, referrers,
