@@ -400,23 +400,6 @@ impl Metadata {
         Ok(out)
     }
 
-    /// Why deleting manifest `digest` of a repository is refused now (empty:
-    /// not protected). Used by the API delete inside its own transaction via
-    /// [`Metadata::delete_manifest`]; exposed for explanations.
-    pub async fn protection_of(
-        &self,
-        repository_id: i64,
-        protect: Protect<'_>,
-        digest: &str,
-    ) -> Result<Vec<String>> {
-        Ok(on_read!(self, "protection_of", |p| async {
-            let mut c = p.acquire().await?;
-            let facts = load_facts(&mut *c, repository_id).await?;
-            protected_reasons(&mut *c, repository_id, &protect(&facts), digest).await
-        }
-        .await)?)
-    }
-
     /// Every repository: `(id, name)` in name order.
     pub async fn all_repositories(&self) -> Result<Vec<(i64, String)>> {
         let rows = on_read!(self, "all_repositories", |p| {
