@@ -126,6 +126,29 @@ async fn serve_http(
 /// Runs a scheduled `job` unless another replica is running it right now (see
 /// `metadata::jobs`): `None` when it was skipped, because the lock was held
 /// elsewhere or could not be asked for.
+/// Chains pending audit entries soon after they are written (readers of the
+/// trail seal for themselves; this keeps the pending table short). Polls a
+/// cheap read, so replicas and CLI commands' entries are sealed too.
+async fn seal_audit(registry: Registry) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let meta = registry.metadata();
+        match meta.audit_pending().await {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "could not look for pending audit entries");
+                continue;
+            }
+        }
+        if let Err(e) = meta.audit_seal().await {
+            tracing::warn!(error = %e, "could not seal the audit trail");
+        }
+    }
+}
+
 async fn exclusively<T>(
     registry: &Registry,
     job: metadata::Job,
@@ -308,7 +331,7 @@ impl App {
                 }
             })
         });
-        let mut jobs = Vec::new();
+        let mut jobs = vec![tokio::spawn(seal_audit(self.registry.clone()))];
         if self.gc.interval_secs > 0 {
             let registry = self.registry.clone();
             let grace = Duration::from_secs(self.gc.grace_secs);
@@ -401,6 +424,9 @@ impl App {
             if let Err(e) = p.flush().await {
                 tracing::warn!(error = %e, "could not write pull statistics at shutdown");
             }
+        }
+        if let Err(e) = self.registry.metadata().audit_seal().await {
+            tracing::warn!(error = %e, "could not seal the audit trail at shutdown");
         }
         self.registry.metadata().close().await;
         result

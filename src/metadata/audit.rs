@@ -10,6 +10,10 @@
 //!
 //! Entries are appended inside the transaction of the change they describe, so
 //! the trail never misses a committed change nor records one that rolled back.
+//! They are appended as *pending* rows, which take no shared lock; the sealer
+//! ([`Metadata::audit_seal`], run by the server shortly after each change and by
+//! every reader of the trail) chains them in batches. Chaining inside each
+//! change's transaction made every writer wait for the head row.
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -172,9 +176,9 @@ pub struct BrokenLink {
     pub reason: String,
 }
 
-/// Appends `entries` inside the caller's transaction. The head row is updated
-/// first: on PostgreSQL its row lock makes concurrent appenders wait for this
-/// transaction, so every entry chains onto a committed predecessor.
+/// Appends `entries` inside the caller's transaction, as pending entries: they
+/// commit or roll back with the change they record, and [`Metadata::audit_seal`]
+/// chains them later. Takes no lock that other writers wait for.
 pub(super) async fn append<C, DB>(
     conn: &mut C,
     origin: &Origin,
@@ -187,88 +191,204 @@ where
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + for<'q> sqlx::Decode<'q, DB> + sqlx::Type<DB>,
-    String: for<'q> sqlx::Decode<'q, DB> + sqlx::Type<DB>,
-    (i64, String): for<'r> sqlx::FromRow<'r, <DB as sqlx::Database>::Row>,
-    usize: sqlx::ColumnIndex<<DB as sqlx::Database>::Row>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     if entries.is_empty() {
         return Ok(());
     }
-    let n = entries.len() as i64;
-    // Claim n ids and learn the hash they chain onto.
-    let (last, mut prev) = sqlx::query_as::<DB, (i64, String)>(
-        "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash",
-    )
-    .bind(n)
-    .fetch_one(&mut *conn)
-    .await?;
-    let at = now_ms();
-    for (i, e) in entries.iter().enumerate() {
-        let mut r = AuditRecord {
-            id: last - n + 1 + i as i64,
-            at,
-            actor: origin.actor.clone(),
-            client: origin.client.clone(),
-            action: e.action.to_string(),
-            repository: e.repository.clone(),
-            tag: e.tag.clone(),
-            digest: e.digest.clone(),
-            result: e.result.to_string(),
-            detail: e.detail.as_ref().map(|d| d.to_string()),
-            request_id: origin.request_id.clone(),
-            user_agent: origin.user_agent.clone(),
-            prev_hash: prev,
-            hash: String::new(),
-        };
-        r.hash = chain_hash(&r);
-        sqlx::query::<DB>(
-            "INSERT INTO audit_log (id, at, actor, client, action, repository, tag, digest, result,
-                                    detail, request_id, user_agent, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(r.id)
-        .bind(r.at)
-        .bind(r.actor.as_str())
-        .bind(r.client.as_deref())
-        .bind(r.action.as_str())
-        .bind(r.repository.as_deref())
-        .bind(r.tag.as_deref())
-        .bind(r.digest.as_deref())
-        .bind(r.result.as_str())
-        .bind(r.detail.as_deref())
-        .bind(r.request_id.as_deref())
-        .bind(r.user_agent.as_deref())
-        .bind(r.prev_hash.as_str())
-        .bind(r.hash.as_str())
-        .execute(&mut *conn)
-        .await?;
-        prev = r.hash;
+    const FIELDS: usize = 11;
+    let mut sql = String::from(
+        "INSERT INTO audit_pending (at, actor, client, action, repository, tag, digest, result,
+                                    detail, request_id, user_agent) VALUES ",
+    );
+    for i in 0..entries.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for f in 0..FIELDS {
+            if f > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", i * FIELDS + f + 1));
+        }
+        sql.push(')');
     }
-    sqlx::query::<DB>("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(prev.as_str())
-        .execute(&mut *conn)
-        .await?;
+    let at = now_ms();
+    let mut q = sqlx::query::<DB>(&sql);
+    for e in entries {
+        q = q
+            .bind(at)
+            .bind(origin.actor.as_str())
+            .bind(origin.client.as_deref())
+            .bind(e.action)
+            .bind(e.repository.as_deref())
+            .bind(e.tag.as_deref())
+            .bind(e.digest.as_deref())
+            .bind(e.result)
+            .bind(e.detail.as_ref().map(|d| d.to_string()))
+            .bind(origin.request_id.as_deref())
+            .bind(origin.user_agent.as_deref());
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }
+
+/// A pending entry as stored, before it is chained.
+#[derive(sqlx::FromRow)]
+struct Pending {
+    seq: i64,
+    at: i64,
+    actor: String,
+    client: Option<String>,
+    action: String,
+    repository: Option<String>,
+    tag: Option<String>,
+    digest: Option<String>,
+    result: String,
+    detail: Option<String>,
+    request_id: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// Pending entries chained per sealing transaction.
+const SEAL_BATCH: i64 = 500;
 
 const COLUMNS: &str = "id, at, actor, client, action, repository, tag, digest, result, detail,
                        request_id, user_agent, prev_hash, hash";
 
 impl Metadata {
+    /// Chains every committed pending entry onto the log: in one transaction per
+    /// batch, under the head's lock (a row lock on PostgreSQL, the writer on
+    /// SQLite), so that replicas sealing at once take turns. Entries are chained
+    /// in the order their rows were inserted, as far as they are committed.
+    /// Returns how many entries were sealed.
+    pub async fn audit_seal(&self) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let sealed = on_write!(self, "audit_seal", |p| {
+                let mut tx = p.begin().await?;
+                let (last, mut prev) = sqlx::query_as::<_, (i64, String)>(
+                    "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let rows = sqlx::query_as::<_, Pending>(
+                    "SELECT seq, at, actor, client, action, repository, tag, digest, result,
+                            detail, request_id, user_agent
+                       FROM audit_pending ORDER BY seq LIMIT $1",
+                )
+                .bind(SEAL_BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+                let n = rows.len() as i64;
+                if n > 0 {
+                    let mut seqs = Vec::with_capacity(rows.len());
+                    for (i, r) in rows.into_iter().enumerate() {
+                        seqs.push(r.seq);
+                        let mut rec = AuditRecord {
+                            id: last + 1 + i as i64,
+                            at: r.at,
+                            actor: r.actor,
+                            client: r.client,
+                            action: r.action,
+                            repository: r.repository,
+                            tag: r.tag,
+                            digest: r.digest,
+                            result: r.result,
+                            detail: r.detail,
+                            request_id: r.request_id,
+                            user_agent: r.user_agent,
+                            prev_hash: prev,
+                            hash: String::new(),
+                        };
+                        rec.hash = chain_hash(&rec);
+                        sqlx::query(
+                            "INSERT INTO audit_log (id, at, actor, client, action, repository, tag,
+                                                    digest, result, detail, request_id, user_agent,
+                                                    prev_hash, hash)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                        )
+                        .bind(rec.id)
+                        .bind(rec.at)
+                        .bind(rec.actor.as_str())
+                        .bind(rec.client.as_deref())
+                        .bind(rec.action.as_str())
+                        .bind(rec.repository.as_deref())
+                        .bind(rec.tag.as_deref())
+                        .bind(rec.digest.as_deref())
+                        .bind(rec.result.as_str())
+                        .bind(rec.detail.as_deref())
+                        .bind(rec.request_id.as_deref())
+                        .bind(rec.user_agent.as_deref())
+                        .bind(rec.prev_hash.as_str())
+                        .bind(rec.hash.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                        prev = rec.hash;
+                    }
+                    // Exactly the rows chained: on PostgreSQL a row with a lower
+                    // seq may still be uncommitted, and is sealed next time.
+                    let list: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "DELETE FROM audit_pending WHERE seq IN ({})",
+                        list.join(", ")
+                    );
+                    let mut del = sqlx::query(&sql);
+                    for s in &seqs {
+                        del = del.bind(*s);
+                    }
+                    del.execute(&mut *tx).await?;
+                    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                        .bind(last + n)
+                        .bind(prev.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok::<i64, sqlx::Error>(n)
+            })?;
+            total += sealed as u64;
+            if sealed < SEAL_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Whether any entry waits to be sealed (a cheap read, for the sealer).
+    pub async fn audit_pending(&self) -> Result<bool> {
+        let any = on_read!(self, "audit_pending", |p| {
+            sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_pending LIMIT 1")
+                .fetch_optional(p)
+                .await
+        })?;
+        Ok(any.is_some())
+    }
+
     /// Appends entries in a transaction of their own (changes that have no
     /// transaction to share, e.g. a refused push that rolled back).
     pub async fn audit_append(&self, origin: &Origin, entries: &[AuditEntry]) -> Result<()> {
-        on_write!(self, "audit_append", |p| {
-            let mut tx = p.begin().await?;
-            append(&mut *tx, origin, entries).await?;
+        let (origin, entries) = (origin.clone(), entries.to_vec());
+        on_batched_write!(self, "audit_append", |c| {
+            let mut tx = c.begin().await?;
+            append(&mut *tx, &origin, &entries).await?;
             tx.commit().await
         })?;
         Ok(())
     }
 
-    /// Entries matching `q`, in id order (ascending or descending).
+    /// Entries matching `q`, in id order (ascending or descending); seals the
+    /// pending entries first, so every committed change is found.
     pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        self.audit_seal().await?;
+        self.audit_sealed(q).await
+    }
+
+    /// Entries matching `q` among those already sealed.
+    async fn audit_sealed(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
         let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE 1 = 1");
         let mut n = 0;
         let mut param = |sql: &mut String, clause: &str| {
@@ -331,6 +451,7 @@ impl Metadata {
     /// Recomputes the whole chain in id order, `batch` rows per query, calling
     /// `progress(checked, total)` as it goes. Stops at the first broken link.
     pub async fn audit_verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
+        self.audit_seal().await?;
         let (seq, head_hash) = on_read!(self, "audit_verify", |p| {
             sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
                 .fetch_one(p)
@@ -351,7 +472,7 @@ impl Metadata {
                 limit: 1000,
                 ..AuditQuery::default()
             };
-            let rows = self.audit(&q).await?;
+            let rows = self.audit_sealed(&q).await?;
             let done = rows.len() < 1000;
             for r in rows {
                 if r.id != expected_id {

@@ -179,6 +179,7 @@ impl Metadata {
 
     /// Audit entries of `action` per day since `since_ms`.
     pub async fn audit_per_day(&self, action: &str, since_ms: i64) -> Result<Vec<DayCount>> {
+        self.audit_seal().await?;
         let rows = on_read!(self, "audit_per_day", |p| {
             sqlx::query_as::<_, (i64, i64)>(
                 "SELECT at / 86400000, COUNT(*) FROM audit_log

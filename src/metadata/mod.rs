@@ -62,6 +62,8 @@ enum Backend {
     Sqlite {
         read: SqlitePool,
         write: SqlitePool,
+        /// Group commit of the changes on the acknowledgement path of pushes.
+        batcher: batch::Batcher,
     },
     Postgres(PgPool),
 }
@@ -99,6 +101,43 @@ macro_rules! on_write {
             Backend::Postgres(pg) => {
                 let $p = pg;
                 $body
+            }
+        };
+        $self.observe($op, started);
+        result
+    }};
+}
+
+/// Runs `$body`, an async body returning `Result<T, sqlx::Error>`, with `$c`
+/// bound to a connection that may write; the body opens its own transaction
+/// with `$c.begin()` and commits or rolls it back. On SQLite the change joins
+/// the next group commit (see [`batch`]), so everything it captures must be
+/// owned; on PostgreSQL it runs on a pooled connection of its own (the server
+/// groups concurrent commits itself).
+macro_rules! on_batched_write {
+    ($self:expr, $op:expr, |$c:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &$self.backend {
+            Backend::Sqlite { batcher, .. } => {
+                batcher
+                    .run(move |$c: &mut sqlx::SqliteConnection| {
+                        use futures::FutureExt as _;
+                        async move {
+                            use sqlx::Acquire as _;
+                            $body
+                        }
+                        .boxed()
+                    })
+                    .await
+            }
+            Backend::Postgres(pg) => {
+                async {
+                    use sqlx::Acquire as _;
+                    let mut pooled = pg.acquire().await?;
+                    let $c: &mut sqlx::PgConnection = &mut pooled;
+                    $body
+                }
+                .await
             }
         };
         $self.observe($op, started);
@@ -308,7 +347,13 @@ pub fn now_ms() -> i64 {
 pub struct Metadata {
     backend: Backend,
     observer: Option<Arc<dyn QueryObserver>>,
+    /// Repository name → id. A repository row is never deleted nor renamed,
+    /// so an id once read stays right forever, in every replica.
+    repository_ids: Arc<quick_cache::sync::Cache<String, i64>>,
 }
+
+/// Repository ids kept in memory (a few MiB at most).
+const REPOSITORY_ID_CACHE: usize = 65_536;
 
 impl Metadata {
     /// Connects (creating an SQLite file and its directory if needed).
@@ -337,9 +382,15 @@ impl Metadata {
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_with(co.read_only(true))
                 .await?;
+            let batcher = batch::Batcher::start(write.clone());
             Ok(Metadata {
-                backend: Backend::Sqlite { read, write },
+                backend: Backend::Sqlite {
+                    read,
+                    write,
+                    batcher,
+                },
                 observer: None,
+                repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pg = PgPoolOptions::new()
@@ -350,6 +401,7 @@ impl Metadata {
             Ok(Metadata {
                 backend: Backend::Postgres(pg),
                 observer: None,
+                repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
             })
         } else {
             Err(Error::Url(url.to_string()))
@@ -380,7 +432,7 @@ impl Metadata {
             }
         }
         match &self.backend {
-            Backend::Sqlite { read, write } => vec![stats("read", read), stats("write", write)],
+            Backend::Sqlite { read, write, .. } => vec![stats("read", read), stats("write", write)],
             Backend::Postgres(pg) => vec![stats("main", pg)],
         }
     }
@@ -411,7 +463,7 @@ impl Metadata {
 
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, write } => {
+            Backend::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -422,12 +474,18 @@ impl Metadata {
     // ---- repositories -------------------------------------------------------
 
     pub async fn repository_id(&self, name: &RepoName) -> Result<Option<i64>> {
+        if let Some(id) = self.repository_ids.get(name.as_str()) {
+            return Ok(Some(id));
+        }
         let id = on_read!(self, "repository_id", |p| sqlx::query_scalar::<_, i64>(
             "SELECT id FROM repositories WHERE name = $1"
         )
         .bind(name.as_str())
         .fetch_optional(p)
         .await)?;
+        if let Some(id) = id {
+            self.repository_ids.insert(name.as_str().to_string(), id);
+        }
         Ok(id)
     }
 
@@ -449,6 +507,7 @@ impl Metadata {
                 .fetch_one(p)
                 .await
         })?;
+        self.repository_ids.insert(name.as_str().to_string(), id);
         Ok(id)
     }
 
@@ -555,14 +614,15 @@ impl Metadata {
         entry: AuditEntry,
     ) -> Result<bool> {
         let entry = entry.digest(digest.as_str());
-        let live = on_write!(self, "link_blob", |p| {
-            let mut tx = p.begin().await?;
-            if !insert_blob(&mut *tx, digest, size).await? {
+        let (digest, origin) = (digest.clone(), origin.clone());
+        let live = on_batched_write!(self, "link_blob", |c| {
+            let mut tx = c.begin().await?;
+            if !insert_blob(&mut *tx, &digest, size).await? {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            link(&mut *tx, repository_id, digest).await?;
-            audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
+            link(&mut *tx, repository_id, &digest).await?;
+            audit::append(&mut *tx, &origin, std::slice::from_ref(&entry)).await?;
             tx.commit().await?;
             Ok::<bool, sqlx::Error>(true)
         })?;
@@ -717,19 +777,22 @@ impl Metadata {
         hash_state: &[u8],
     ) -> Result<()> {
         let now = now_ms();
-        on_write!(self, "create_upload", |p| {
+        let (id, algorithm, hash_state) =
+            (id.to_string(), algorithm.to_string(), hash_state.to_vec());
+        on_batched_write!(self, "create_upload", |c| {
+            let mut tx = c.begin().await?;
             sqlx::query(
-            "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 0, $5, $5)"
-        )
-        .bind(id)
-        .bind(repository_id)
-        .bind(algorithm)
-        .bind(hash_state)
-        .bind(now)
-        .execute(p)
-        .await
-        .map(|_| ())
+                "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 0, $5, $5)",
+            )
+            .bind(id.as_str())
+            .bind(repository_id)
+            .bind(algorithm.as_str())
+            .bind(hash_state.as_slice())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
         })?;
         Ok(())
     }
@@ -790,16 +853,17 @@ impl Metadata {
         part: &StoredPart,
         hash_state: &[u8],
     ) -> Result<bool> {
-        let ok = on_write!(self, "append_upload", |p| {
-            let mut tx = p.begin().await?;
+        let (id, part, hash_state) = (id.to_string(), part.clone(), hash_state.to_vec());
+        let ok = on_batched_write!(self, "append_upload", |c| {
+            let mut tx = c.begin().await?;
             let n = sqlx::query(
                 "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3
                   WHERE id = $4 AND size = $5",
             )
             .bind((expected_size + part.size) as i64)
-            .bind(hash_state)
+            .bind(hash_state.as_slice())
             .bind(now_ms())
-            .bind(id)
+            .bind(id.as_str())
             .bind(expected_size as i64)
             .execute(&mut *tx)
             .await?
@@ -808,9 +872,9 @@ impl Metadata {
                 sqlx::query(
                     "INSERT INTO upload_parts (upload_id, start_offset, object_key, size) VALUES ($1, $2, $3, $4)",
                 )
-                .bind(id)
+                .bind(id.as_str())
                 .bind(expected_size as i64)
-                .bind(&part.key)
+                .bind(part.key.as_str())
                 .bind(part.size as i64)
                 .execute(&mut *tx)
                 .await?;
@@ -839,10 +903,11 @@ impl Metadata {
         entry: AuditEntry,
     ) -> Result<FinishOutcome> {
         let entry = entry.digest(digest.as_str());
-        let outcome = on_write!(self, "finish_upload", |p| {
-            let mut tx = p.begin().await?;
+        let (id, digest, origin) = (id.to_string(), digest.clone(), origin.clone());
+        let outcome = on_batched_write!(self, "finish_upload", |c| {
+            let mut tx = c.begin().await?;
             let n = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
-                .bind(id)
+                .bind(id.as_str())
                 .bind(recorded as i64)
                 .execute(&mut *tx)
                 .await?
@@ -851,15 +916,15 @@ impl Metadata {
                 return Ok(FinishOutcome::Gone);
             }
             sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-                .bind(id)
+                .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            if !insert_blob(&mut *tx, digest, size).await? {
+            if !insert_blob(&mut *tx, &digest, size).await? {
                 tx.rollback().await?;
                 return Ok(FinishOutcome::Collecting);
             }
-            link(&mut *tx, repository_id, digest).await?;
-            audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
+            link(&mut *tx, repository_id, &digest).await?;
+            audit::append(&mut *tx, &origin, std::slice::from_ref(&entry)).await?;
             tx.commit().await?;
             Ok::<FinishOutcome, sqlx::Error>(FinishOutcome::Done)
         })?;
@@ -954,16 +1019,18 @@ impl Metadata {
         tags: &[TagBinding],
         origin: &Origin,
     ) -> Result<PutOutcome> {
-        let actor = origin.actor.as_str();
         let annotations = if m.annotations.is_empty() {
             None
         } else {
             Some(serde_json::to_string(&m.annotations).map_err(|e| Error::Corrupt(e.to_string()))?)
         };
         let now = now_ms();
-        let digest = m.digest.as_str();
-        let outcome = on_write!(self, "put_manifest", |p| {
-            let mut tx = p.begin().await?;
+        let (m, tags, origin, repo) = (m.clone(), tags.to_vec(), origin.clone(), repo.to_string());
+        let outcome = on_batched_write!(self, "put_manifest", |c| {
+            let (m, repo) = (&m, repo.as_str());
+            let digest = m.digest.as_str();
+            let actor = origin.actor.as_str();
+            let mut tx = c.begin().await?;
             if !insert_blob(&mut *tx, &m.digest, m.size).await? {
                 tx.rollback().await?;
                 return Ok(PutOutcome::Collecting(m.digest.to_string()));
@@ -1055,7 +1122,7 @@ impl Metadata {
             }
             let mut events: Vec<TagEvent> = Vec::new();
             let mut denied: Vec<DeniedTag> = Vec::new();
-            for t in tags {
+            for t in &tags {
                 let name = t.tag.as_str();
                 if t.immutable {
                     let pin = sqlx::query_scalar::<_, String>(
@@ -1168,7 +1235,7 @@ impl Metadata {
                         "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
                     }))];
                 entries.extend(events.iter().map(|e| tag_entry(repo, e)));
-                audit::append(&mut *tx, origin, &entries).await?;
+                audit::append(&mut *tx, &origin, &entries).await?;
                 tx.commit().await?;
                 Ok(PutOutcome::Stored(events))
             }
@@ -1655,6 +1722,7 @@ where
 // After the macros it uses.
 mod accounts;
 mod audit;
+mod batch;
 mod console;
 mod gc;
 mod jobs;
