@@ -857,21 +857,25 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("cairn.toml");
     std::fs::write(&config_path, toml::to_string(&app.config).unwrap()).unwrap();
+    // Asynchronously: the registry under test runs on this test's runtime, and
+    // its background jobs (the audit sealer) must keep running while the
+    // command waits for them.
     let cairn = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .arg("--config")
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.arg("--config")
             .arg(&config_path)
             .args(args)
-            .env("CAIRN_LOG__LEVEL", "info")
-            .output()
-            .expect("run cairn");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+            .env("CAIRN_LOG__LEVEL", "info");
+        async move {
+            let out = cmd.output().await.expect("run cairn");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
     };
-    let (code, out, err) = cairn(&["promote", &format!("{repo}:v1"), "--env", "prod"]);
+    let (code, out, err) = cairn(&["promote", &format!("{repo}:v1"), "--env", "prod"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("promoted to prod"), "{out}");
     let (code, out, err) = cairn(&[
@@ -880,19 +884,19 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         &format!("{repo}@{}", digests[1]),
         "--reason",
         "case-77",
-    ]);
+    ]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("case-77"));
-    let (code, out, _) = cairn(&["promote", &format!("{repo}:nope"), "--env", "prod"]);
+    let (code, out, _) = cairn(&["promote", &format!("{repo}:nope"), "--env", "prod"]).await;
     assert_ne!(code, Some(0));
     assert!(out.is_empty());
 
-    let (code, out, err) = cairn(&["retention", "plan", "--repo", repo, "--json"]);
+    let (code, out, err) = cairn(&["retention", "plan", "--repo", repo, "--json"]).await;
     assert_eq!(code, Some(0), "{err}");
     let plan: Value = serde_json::from_str(&out).unwrap();
     // keep_last 1 keeps v4; v1 is prod's current; v2 is held; v3 goes.
     assert_eq!(planned(&plan), [digests[2].clone()].into());
-    let (code, table, _) = cairn(&["retention", "plan", "--repo", repo]);
+    let (code, table, _) = cairn(&["retention", "plan", "--repo", repo]).await;
     assert_eq!(code, Some(0));
     assert!(
         table.contains("DELETE") && table.contains("legal hold: case-77"),
@@ -904,7 +908,7 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         "--plan",
         plan["id"].as_str().unwrap(),
         "--json",
-    ]);
+    ]).await;
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["deleted"][0]["digest"], digests[2]);
@@ -913,12 +917,12 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         404
     );
 
-    let (code, out, err) = cairn(&["gc", "--json"]);
+    let (code, out, err) = cairn(&["gc", "--json"]).await;
     assert_eq!(code, Some(0), "{err}");
     let gc: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(gc["blobs"], 2, "v3's layer and manifest: {gc}");
 
-    let (code, out, _) = cairn(&["audit", "verify"]);
+    let (code, out, _) = cairn(&["audit", "verify"]).await;
     assert_eq!(code, Some(0));
     assert!(out.contains("no broken link"), "{out}");
     let export = dir.path().join("audit.jsonl");
@@ -929,7 +933,7 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         "hold.add",
         "-o",
         export.to_str().unwrap(),
-    ]);
+    ]).await;
     assert_eq!(code, Some(0), "{err}");
     let lines = std::fs::read_to_string(&export).unwrap();
     let entry: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
