@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what is missing
 # (PostgreSQL, skopeo, podman, buildah, oras, moto, openssl, Chromium and
-# chromedriver for the web console's browser test), starts a PostgreSQL server on 127.0.0.1:5432
-# if none answers there, then runs formatting, lint and every test.
+# chromedriver for the web console's browser test, docker-compose), starts a PostgreSQL server on 127.0.0.1:5432
+# if none answers there, then validates docker-compose.yml and runs formatting, lint and every test.
 #
 # A missing PostgreSQL or client tool is always a failure, never a skip (with
 # CI=true as without). Environment:
@@ -72,7 +72,18 @@ psql "$CAIRN_TEST_POSTGRES_URL" -Atqc \
   "SELECT datname FROM pg_database WHERE datname LIKE 'cairn\_test\_%'" 2>/dev/null |
   while read -r db; do psql "$CAIRN_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
 
+# docker-compose.yml is checked with whichever Compose there is: the
+# `docker compose` plugin, else docker-compose (v1), else Debian's docker-compose.
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+else
+  command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
+  compose=(docker-compose)
+fi
+
 # ---- checks and tests -------------------------------------------------------
+log "${compose[*]} config (docker-compose.yml)"
+"${compose[@]}" -f docker-compose.yml config -q
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -553,4 +553,206 @@ mod tests {
         );
         assert!(text.contains("<redacted>") && text.contains("cairn:redacted@127.0.0.1"));
     }
+
+    /// README.md's "Configuration reference" table, checked against the code:
+    /// it names every key of `Config` and no other, each row's environment
+    /// variable is the one `Config::load` reads for that key (set, it changes
+    /// that key), and each row's default is the built-in default.
+    mod reference {
+        use super::*;
+
+        const HEADING: &str = "## Configuration reference";
+
+        /// Every key as `section.key`: the fields of `Config`'s derived `Debug`,
+        /// which names each field whether it is set or not (the TOML form leaves
+        /// out unset options).
+        fn keys() -> Vec<String> {
+            let text = format!("{:#?}", Config::default());
+            let mut path: Vec<String> = Vec::new();
+            let mut keys = Vec::new();
+            for line in text.lines().skip(1) {
+                let depth = (line.len() - line.trim_start().len()) / 4;
+                let Some((name, value)) = line.trim_start().split_once(": ") else {
+                    continue;
+                };
+                if depth == 0
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    continue;
+                }
+                path.truncate(depth - 1);
+                if value.ends_with('{') {
+                    path.push(name.to_string());
+                } else {
+                    let mut key = path.clone();
+                    key.push(name.to_string());
+                    keys.push(key.join("."));
+                }
+            }
+            keys
+        }
+
+        /// The defaults that are set, by key, from the TOML form.
+        fn defaults() -> std::collections::BTreeMap<String, toml::Value> {
+            fn walk(
+                prefix: &str,
+                v: &toml::Value,
+                out: &mut std::collections::BTreeMap<String, toml::Value>,
+            ) {
+                match v {
+                    toml::Value::Table(t) => {
+                        for (k, v) in t {
+                            let key = if prefix.is_empty() {
+                                k.clone()
+                            } else {
+                                format!("{prefix}.{k}")
+                            };
+                            walk(&key, v, out);
+                        }
+                    }
+                    other => {
+                        out.insert(prefix.to_string(), other.clone());
+                    }
+                }
+            }
+            let mut out = std::collections::BTreeMap::new();
+            walk(
+                "",
+                &toml::Value::try_from(Config::default()).expect("toml"),
+                &mut out,
+            );
+            out
+        }
+
+        pub(super) fn env_var(key: &str) -> String {
+            format!("CAIRN_{}", key.to_ascii_uppercase().replace('.', "__"))
+        }
+
+        /// The table's rows: key, environment variable, default (cells without
+        /// their backticks).
+        fn rows() -> Vec<(String, String, String)> {
+            let readme =
+                std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                    .expect("README.md");
+            let start = readme
+                .find(HEADING)
+                .unwrap_or_else(|| panic!("README.md has no {HEADING:?} section"));
+            let section = &readme[start + HEADING.len()..];
+            let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+            section
+                .lines()
+                .filter(|l| l.starts_with("| `"))
+                .map(|l| {
+                    let cells: Vec<&str> = l.trim().trim_matches('|').split(" | ").collect();
+                    assert!(cells.len() >= 4, "a row of four cells: {l}");
+                    let bare = |c: &str| c.trim().trim_matches('`').to_string();
+                    (bare(cells[0]), bare(cells[1]), cells[2].trim().to_string())
+                })
+                .collect()
+        }
+
+        #[test]
+        fn the_readme_names_every_key_and_no_other_with_its_variable_and_default() {
+            let keys = keys();
+            let defaults = defaults();
+            // The Debug walk sees every serialised key (same names, nothing missed).
+            for k in defaults.keys() {
+                assert!(keys.contains(k), "{k} is serialised but not found in Debug");
+            }
+            let rows = rows();
+            let named: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+            let missing: Vec<&String> = keys
+                .iter()
+                .filter(|k| !named.contains(&k.as_str()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "README.md's {HEADING:?} lacks {missing:?}"
+            );
+            let unknown: Vec<&&str> = named
+                .iter()
+                .filter(|n| !keys.iter().any(|k| k == *n))
+                .collect();
+            assert!(
+                unknown.is_empty(),
+                "README.md's {HEADING:?} names keys the code lacks: {unknown:?}"
+            );
+            assert_eq!(named.len(), keys.len(), "each key once: {named:?}");
+            for (key, var, default) in &rows {
+                assert_eq!(var, &env_var(key), "the variable of {key}");
+                let expected = match defaults.get(key) {
+                    Some(v) => format!("`{v}`"),
+                    None => "unset".to_string(),
+                };
+                assert_eq!(default, &expected, "the default of {key}");
+            }
+        }
+
+        /// A value for `key`'s variable other than its default, and what the
+        /// key must then hold (`None`: a non-empty array, for lists of tables).
+        fn sample(key: &str, default: Option<&toml::Value>) -> (String, Option<toml::Value>) {
+            let s = |v: &str| (v.to_string(), Some(toml::Value::String(v.to_string())));
+            match key {
+                "listen" => s("127.0.0.1:6000"),
+                "metrics.listen" => s("127.0.0.1:9191"),
+                "auth.metrics" => s("open"),
+                "storage.s3.path_style" | "storage.s3.allow_http" => {
+                    ("true".into(), Some(toml::Value::Boolean(true)))
+                }
+                "auth.anonymous_pull" => (
+                    "[\"public/**\"]".into(),
+                    Some(toml::Value::Array(vec![toml::Value::String("public/**".into())])),
+                ),
+                "immutability.rules" => (
+                    "[{name=\"env\", repositories=[\"**\"], tags=[\"latest\"], mutability=\"mutable\"}]"
+                        .into(),
+                    None,
+                ),
+                "retention.policies" => (
+                    "[{name=\"env\", repositories=[\"**\"], keep_last=3}]".into(),
+                    None,
+                ),
+                _ => match default {
+                    Some(toml::Value::Boolean(b)) => {
+                        ((!b).to_string(), Some(toml::Value::Boolean(!b)))
+                    }
+                    Some(toml::Value::Integer(n)) => {
+                        ((n + 1).to_string(), Some(toml::Value::Integer(n + 1)))
+                    }
+                    Some(toml::Value::String(_)) | None => s("changed-by-env"),
+                    Some(other) => panic!("no sample value for {key} (default {other})"),
+                },
+            }
+        }
+
+        #[test]
+        #[allow(clippy::result_large_err)]
+        fn each_keys_variable_overrides_it() {
+            let defaults = defaults();
+            for key in keys() {
+                let (value, expected) = sample(&key, defaults.get(&key));
+                let var = env_var(&key);
+                figment::Jail::expect_with(|jail| {
+                    jail.set_env(&var, &value);
+                    let c = Config::load(None).map_err(|e| format!("{var}={value}: {e}"))?;
+                    let loaded = toml::Value::try_from(&c).map_err(|e| e.to_string())?;
+                    let got = key
+                        .split('.')
+                        .try_fold(&loaded, |v, k| v.get(k))
+                        .unwrap_or_else(|| panic!("{key} absent after {var}={value}"));
+                    match &expected {
+                        Some(e) => assert_eq!(got, e, "{var}={value}"),
+                        None => assert_eq!(
+                            got.as_array().map(Vec::len),
+                            Some(1),
+                            "{var}={value} gives {got}"
+                        ),
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
 }

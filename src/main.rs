@@ -34,6 +34,17 @@ enum Command {
     Migrate,
     /// Print the effective configuration (defaults, file, environment) as TOML.
     Config,
+    /// Exit 0 if the registry answers `GET /healthz` with 200, 1 otherwise
+    /// (a container health check that needs no shell or curl).
+    Healthcheck {
+        /// The URL to ask; default: `/healthz` on the configured `listen`
+        /// address (loopback when it is 0.0.0.0 or ::).
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the connection and for each read and write.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
     /// Immutability policy questions.
     Policy {
         #[command(subcommand)]
@@ -107,6 +118,13 @@ enum UserCommand {
         /// `<repository glob>=<role>` (reader, writer, admin, auditor); repeatable.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Read the password from this environment variable instead of standard
+        /// input (for a container's one-shot init job, which has no shell to pipe).
+        #[arg(long, value_name = "VARIABLE")]
+        password_env: Option<String>,
+        /// Succeed without changing anything when the account already exists.
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Change a user's password (read from standard input).
     Passwd {
@@ -289,6 +307,19 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    if let Command::Healthcheck { url, timeout_secs } = &cli.command {
+        let url = url
+            .clone()
+            .unwrap_or_else(|| cairn::cli::healthcheck::default_url(config.listen));
+        if let Err(e) = cairn::cli::healthcheck::check(
+            &url,
+            std::time::Duration::from_secs((*timeout_secs).max(1)),
+        ) {
+            eprintln!("unhealthy: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let serving = matches!(cli.command, Command::Serve { .. });
     let _telemetry = cairn::telemetry::init(&config, !serving)?;
     match cli.command {
@@ -311,6 +342,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config.redacted())?);
         }
+        // Answered above, before logging starts.
+        Command::Healthcheck { .. } => {}
         Command::Policy {
             command: PolicyCommand::Explain { reference },
         } => {
@@ -434,7 +467,23 @@ async fn main() -> anyhow::Result<()> {
             let meta = cairn::open_metadata(&config).await?;
             use cairn::cli::accounts as acc;
             let result = match command {
-                UserCommand::Add { name, roles } => acc::add_user(&meta, &name, &roles).await,
+                UserCommand::Add {
+                    name,
+                    roles,
+                    password_env,
+                    if_missing,
+                } => {
+                    let password = match password_env {
+                        Some(var) => std::env::var(&var).map_err(|_| {
+                            anyhow::anyhow!("environment variable {var} is not set (or not UTF-8)")
+                        }),
+                        None => acc::read_secret(),
+                    };
+                    match password {
+                        Ok(p) => acc::add_user(&meta, &name, &roles, &p, if_missing).await,
+                        Err(e) => Err(e),
+                    }
+                }
                 UserCommand::Passwd { name } => acc::set_password(&meta, &name).await,
                 UserCommand::Grant { name, role } => acc::set_role(&meta, &name, &role, true).await,
                 UserCommand::Revoke { name, role } => {

@@ -23,11 +23,22 @@ fn roles(specs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// `cairn user add NAME --role GLOB=ROLE…` (password on standard input).
-pub async fn add_user(meta: &Metadata, name: &str, role_specs: &[String]) -> anyhow::Result<()> {
+/// `cairn user add NAME --role GLOB=ROLE…` (password on standard input, or
+/// from `--password-env`). With `if_missing`, an existing account is left as it
+/// is and that is a success: a container's init job runs on every start.
+pub async fn add_user(
+    meta: &Metadata,
+    name: &str,
+    role_specs: &[String],
+    password: &str,
+    if_missing: bool,
+) -> anyhow::Result<()> {
     let roles = roles(role_specs)?;
-    let password = read_secret()?;
-    if !auth::create_user(meta, name, &password, &roles, &cli_origin()).await? {
+    if !auth::create_user(meta, name, password, &roles, &cli_origin()).await? {
+        if if_missing {
+            println!("user {name} exists; left unchanged");
+            return Ok(());
+        }
         anyhow::bail!("account {name:?} already exists");
     }
     println!("user {name} created");

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod healthcheck;
 pub mod provenance;
 pub mod retention;
 

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod blobs;
 mod browser;
+mod container;
 mod crash;
 mod e2e;
 mod faults;
