@@ -601,9 +601,9 @@ async fn three_replicas_share_uploads_and_tags_and_survive_a_kill() {
     eprintln!(
         "replica kill: {} image pushes attempted by 8 pushers over 3 replicas, replica 2 \
          SIGKILLed {:.1} s in; acknowledged {} blobs and {} images; {} upload sessions \
-         resumed on another replica and {} restarted after failed requests; verified on \
-         each of 2 survivors: {} blob pulls and {} tag+digest manifest pulls, all with \
-         the right digest; the upload interrupted on the killed replica was resumed at \
+         resumed on another replica and {} restarted after failed requests; each of the 2 \
+         survivors pulled every acknowledged blob and manifest (by tag and by digest): \
+         {} blob pulls and {} manifest pairs in all, every digest right; the upload interrupted on the killed replica was resumed at \
          offset {half} and completed",
         acked.attempts,
         killed_after.as_secs_f64(),
