@@ -79,11 +79,34 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_token: Option<String>,
+    /// Answer a blob `GET` with `307 Temporary Redirect` to a presigned URL of
+    /// the object, so the bytes go from the bucket to the client without
+    /// passing through the registry. Off by default; `HEAD` and ranged `GET`s
+    /// are always answered by the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_pulls: Option<bool>,
+    /// How long a presigned URL stays valid, in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presign_expiry_secs: Option<u64>,
 }
+
+/// Lifetime of a presigned pull URL unless `presign_expiry_secs` says otherwise.
+pub const DEFAULT_PRESIGN_EXPIRY_SECS: u64 = 300;
 
 impl S3Config {
     pub fn is_empty(&self) -> bool {
         self == &S3Config::default()
+    }
+
+    /// How long presigned pull URLs live, when pulls are redirected.
+    pub fn pull_redirect(&self) -> Option<std::time::Duration> {
+        self.redirect_pulls.unwrap_or(false).then(|| {
+            std::time::Duration::from_secs(
+                self.presign_expiry_secs
+                    .unwrap_or(DEFAULT_PRESIGN_EXPIRY_SECS)
+                    .max(1),
+            )
+        })
     }
 
     /// As `object_store` configuration keys.
@@ -118,6 +141,8 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &hidden(&self.secret_access_key))
             .field("session_token", &hidden(&self.session_token))
+            .field("redirect_pulls", &self.redirect_pulls)
+            .field("presign_expiry_secs", &self.presign_expiry_secs)
             .finish()
     }
 }
@@ -387,6 +412,7 @@ impl Config {
             max_upload_sessions: self.limits.max_upload_sessions,
             body_idle_timeout: std::time::Duration::from_secs(self.limits.body_idle_timeout_secs),
             gc_grace: std::time::Duration::from_secs(self.gc.grace_secs),
+            pull_redirect: self.storage.s3.pull_redirect(),
         }
     }
 
@@ -482,7 +508,22 @@ mod tests {
             access_key_id: Some("AKIDEXAMPLE".into()),
             secret_access_key: Some("very-secret".into()),
             session_token: None,
+            redirect_pulls: None,
+            presign_expiry_secs: None,
         };
+        assert_eq!(
+            s3.pull_redirect(),
+            None,
+            "pulls are not redirected by default"
+        );
+        let redirecting = S3Config {
+            redirect_pulls: Some(true),
+            ..S3Config::default()
+        };
+        assert_eq!(
+            redirecting.pull_redirect(),
+            Some(std::time::Duration::from_secs(DEFAULT_PRESIGN_EXPIRY_SECS))
+        );
         let opts: std::collections::BTreeMap<_, _> = s3.options().into_iter().collect();
         assert_eq!(opts["aws_endpoint"], "http://127.0.0.1:9000");
         assert_eq!(opts["aws_region"], "eu-west-1");

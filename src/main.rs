@@ -86,6 +86,10 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// While a collection runs elsewhere (a replica's schedule, another
+        /// `cairn gc`), wait this many seconds for it before giving up.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
     },
     /// Build provenance: an artifact's records, or artifacts by commit, source or builder.
     Provenance {
@@ -218,6 +222,10 @@ enum RetentionCommand {
         repo: Option<String>,
         #[arg(long)]
         json: bool,
+        /// While retention runs elsewhere (a replica's schedule, another
+        /// `cairn retention apply`), wait this many seconds for it before giving up.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
     },
 }
 
@@ -401,26 +409,60 @@ async fn main() -> anyhow::Result<()> {
                     let plan = registry.retention_plan(repo.as_deref(), &origin).await?;
                     cairn::cli::retention::print_plan(&plan, json)?;
                 }
-                RetentionCommand::Apply { plan, repo, json } => {
+                RetentionCommand::Apply {
+                    plan,
+                    repo,
+                    json,
+                    wait,
+                } => {
+                    let lock = cairn::cli::retention::job_lock(
+                        &registry,
+                        cairn::metadata::Job::Retention,
+                        std::time::Duration::from_secs(wait),
+                    )
+                    .await?;
                     let id = match plan {
                         Some(id) => id,
                         None => registry.retention_plan(repo.as_deref(), &origin).await?.id,
                     };
-                    cairn::cli::retention::apply(&registry, &id, json).await?;
+                    let applied = cairn::cli::retention::apply(&registry, &id, json).await;
+                    lock.release().await?;
+                    applied?;
                 }
             }
             registry.metadata().close().await;
         }
-        Command::Gc { dry_run, json } => {
+        Command::Gc {
+            dry_run,
+            json,
+            wait,
+        } => {
             let registry = cairn::build_registry(&config).await?;
-            cairn::cli::retention::gc(
+            // A dry run deletes nothing and needs no lock.
+            let lock = if dry_run {
+                None
+            } else {
+                Some(
+                    cairn::cli::retention::job_lock(
+                        &registry,
+                        cairn::metadata::Job::GarbageCollection,
+                        std::time::Duration::from_secs(wait),
+                    )
+                    .await?,
+                )
+            };
+            let collected = cairn::cli::retention::gc(
                 &registry,
                 std::time::Duration::from_secs(config.gc.grace_secs),
                 std::time::Duration::from_secs(config.limits.upload_expiry_secs),
                 dry_run,
                 json,
             )
-            .await?;
+            .await;
+            if let Some(lock) = lock {
+                lock.release().await?;
+            }
+            collected?;
             registry.metadata().close().await;
         }
         Command::Audit { command } => {

@@ -19,6 +19,24 @@ pub(super) async fn get(
     let range = ctx
         .registry
         .blob_range(&blob, header_str(ctx.headers, &header::RANGE))?;
+    if !head && range.is_none() && blob.size > 0 {
+        if let Some(url) = ctx.registry.blob_redirect(&blob).await? {
+            // The bytes go from the bucket; the registry still says which they
+            // are. The body is empty, so Content-Length is 0 and the blob's
+            // size travels to the pull metrics as an extension.
+            let mut resp = Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url.as_str())
+                .header("Docker-Content-Digest", digest.as_str())
+                .header(header::CACHE_CONTROL, "no-store")
+                .header(header::CONTENT_LENGTH, 0)
+                .body(Body::empty())
+                .unwrap_or_else(|_| empty(StatusCode::INTERNAL_SERVER_ERROR, &[]));
+            resp.extensions_mut()
+                .insert(super::observe::RedirectedPull { bytes: blob.size });
+            return Ok(resp);
+        }
+    }
     let (status, len) = match range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.len()),
         None => (StatusCode::OK, blob.size),

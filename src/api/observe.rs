@@ -137,6 +137,16 @@ pub(crate) fn outcome(
             {
                 resp = meter_body(resp, state, repo);
             }
+            Kind::BlobGet if status == StatusCode::TEMPORARY_REDIRECT => {
+                if let Some(r) = resp.extensions().get::<RedirectedPull>().copied() {
+                    if let Some(m) = metrics {
+                        m.blob_pulled(repo).inc_by(r.bytes);
+                    }
+                    if let Some(p) = &state.pulls {
+                        p.blob_pulled(repo, r.bytes);
+                    }
+                }
+            }
             Kind::ManifestPut if status == StatusCode::CREATED => {
                 if let Some(m) = metrics {
                     m.manifest_pushed(repo);
@@ -162,6 +172,13 @@ pub(crate) fn outcome(
         digest,
     });
     resp
+}
+
+/// A blob GET answered with a redirect to the object store: the pull counts,
+/// with the blob's size as the bytes served (the store sends them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RedirectedPull {
+    pub bytes: u64,
 }
 
 /// Records a blob pull in the pull statistics when the body is finished with

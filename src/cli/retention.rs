@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use crate::domain::{Reference, RepoName};
-use crate::metadata::Origin;
+use crate::metadata::{Job, JobLock, Origin};
 use crate::service::{GcReport, Plan, Registry};
 
 /// Who a command acts as in the audit trail: the operating-system user.
@@ -87,6 +87,39 @@ fn tags(t: &[String]) -> String {
         "(untagged)".to_string()
     } else {
         t.join(",")
+    }
+}
+
+/// Takes `job`'s lock (the one a replica's scheduled run takes, see
+/// `metadata::jobs`), so that a manual run never overlaps a scheduled one or
+/// another manual one. While someone else holds it, says so on standard error
+/// and waits up to `wait`; then gives up with an error, having done nothing.
+pub async fn job_lock(registry: &Registry, job: Job, wait: Duration) -> anyhow::Result<JobLock> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        if let Some(lock) = registry.metadata().try_job_lock(job).await? {
+            return Ok(lock);
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{} is running elsewhere (a replica's scheduled run or another command holds \
+                 its lock) and did not finish within {} s; nothing was done. Try again later \
+                 or give --wait more seconds",
+                job.as_str(),
+                wait.as_secs()
+            );
+        }
+        if !told {
+            eprintln!(
+                "{} is running elsewhere (a replica's scheduled run or another command holds \
+                 its lock); waiting up to {} s for it to finish…",
+                job.as_str(),
+                wait.as_secs()
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

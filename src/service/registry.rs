@@ -36,6 +36,9 @@ pub struct Limits {
     /// `gc.grace_secs`: blobs written or referenced this recently are never
     /// collected.
     pub gc_grace: std::time::Duration,
+    /// `[storage.s3] redirect_pulls`: blob GETs are redirected to presigned
+    /// URLs valid this long (`None`: the registry streams the bytes itself).
+    pub pull_redirect: Option<std::time::Duration>,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             max_upload_sessions: 0,
             body_idle_timeout: std::time::Duration::ZERO,
             gc_grace: std::time::Duration::ZERO,
+            pull_redirect: None,
         }
     }
 }
@@ -252,6 +256,16 @@ impl Registry {
         range: Option<ByteRange>,
     ) -> Result<ByteStream> {
         Ok(self.blobs.stream(&blob.digest, range).await?)
+    }
+
+    /// Where a client may fetch the whole blob directly from the object store,
+    /// when pulls are redirected and the store can sign URLs; `None`: the
+    /// registry serves the bytes itself.
+    pub async fn blob_redirect(&self, blob: &BlobLocation) -> Result<Option<url::Url>> {
+        let Some(expires_in) = self.limits.pull_redirect else {
+            return Ok(None);
+        };
+        Ok(self.blobs.presigned_get(&blob.digest, expires_in).await?)
     }
 
     /// Removes the blob from `repo` (end-10), unless a manifest held by an

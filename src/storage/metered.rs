@@ -96,6 +96,19 @@ impl MeteredStore {
             .await;
     }
 
+    /// See [`BlobStore::presigned_get`].
+    pub async fn presigned_get(
+        &self,
+        digest: &Digest,
+        expires_in: Duration,
+    ) -> Result<Option<url::Url>> {
+        self.timed(
+            "presigned_get",
+            self.inner.presigned_get(digest, expires_in),
+        )
+        .await
+    }
+
     /// See [`BlobStore::exists`].
     /// See [`BlobStore::delete_blob`].
     pub async fn delete_blob(&self, digest: &Digest) -> Result<()> {

@@ -19,8 +19,10 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreScheme, PutPayload,
+    WriteMultipart,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -69,6 +71,9 @@ pub struct BlobStore {
     /// Root directory when the store is the local filesystem: object_store does
     /// not fsync, so this layer does, before anything is acknowledged.
     local_root: Option<std::path::PathBuf>,
+    /// On S3: what signs URLs that let a client read an object directly, and
+    /// the prefix the store's keys sit under in the bucket.
+    signer: Option<(Arc<dyn Signer>, Path)>,
 }
 
 impl BlobStore {
@@ -87,6 +92,7 @@ impl BlobStore {
             reason: e.to_string(),
         })?;
         let mut local_root = None;
+        let mut signer: Option<(Arc<dyn Signer>, Path)> = None;
         let (store, part_size): (Arc<dyn ObjectStore>, usize) = match parsed.scheme() {
             "file" => {
                 let path = parsed.to_file_path().map_err(|_| Error::Url {
@@ -108,13 +114,34 @@ impl BlobStore {
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     // Later keys win: the configuration's over the environment's.
                     .chain(options.iter().cloned());
-                let (store, prefix) =
-                    object_store::parse_url_opts(&parsed, opts).map_err(|e| Error::Url {
-                        url: url.to_string(),
-                        reason: e.to_string(),
-                    })?;
+                let bad = |e: object_store::Error| Error::Url {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                };
+                let (store, prefix): (Arc<dyn ObjectStore>, Path) =
+                    match ObjectStoreScheme::parse(&parsed) {
+                        // Built here rather than by `parse_url_opts` so that the
+                        // concrete `AmazonS3` can also sign URLs (redirected pulls).
+                        Ok((ObjectStoreScheme::AmazonS3, prefix)) => {
+                            let builder = opts.fold(
+                                object_store::aws::AmazonS3Builder::new().with_url(url),
+                                |b, (k, v)| match k.parse() {
+                                    Ok(key) => b.with_config(key, v),
+                                    Err(_) => b,
+                                },
+                            );
+                            let s3 = Arc::new(builder.build().map_err(bad)?);
+                            signer = Some((s3.clone() as Arc<dyn Signer>, prefix.clone()));
+                            (s3 as Arc<dyn ObjectStore>, prefix)
+                        }
+                        _ => {
+                            let (store, prefix) =
+                                object_store::parse_url_opts(&parsed, opts).map_err(bad)?;
+                            (Arc::from(store), prefix)
+                        }
+                    };
                 let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-                    Arc::from(store)
+                    store
                 } else {
                     Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
                 };
@@ -126,6 +153,7 @@ impl BlobStore {
             store,
             part_size,
             local_root,
+            signer,
         })
     }
 
@@ -379,6 +407,29 @@ impl BlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A URL from which a client may GET `digest`'s bytes directly from the
+    /// object store for `expires_in`, without credentials of its own; `None`
+    /// when the backend cannot sign URLs (only S3 does here). The key stays
+    /// this layer's business: callers get a URL, never a key.
+    pub async fn presigned_get(
+        &self,
+        digest: &Digest,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<url::Url>> {
+        let Some((signer, prefix)) = &self.signer else {
+            return Ok(None);
+        };
+        let key: Path = prefix
+            .parts()
+            .chain(Self::blob_path(digest).parts())
+            .collect();
+        Ok(Some(
+            signer
+                .signed_url(http::Method::GET, &key, expires_in)
+                .await?,
+        ))
     }
 
     pub async fn exists(&self, digest: &Digest) -> Result<bool> {

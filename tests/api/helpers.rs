@@ -1,6 +1,12 @@
 //! The test harness: starts the real server on 127.0.0.1:0 over a fresh database
 //! (SQLite in a temporary directory, or a new PostgreSQL database on the local
 //! server) and local-disk blob storage, and returns a client for it.
+//!
+//! With `CAIRN_TEST_STORAGE=s3` every `TestApp::spawn*` keeps its blobs in a
+//! fresh bucket of the test S3 server instead (the database stays what each
+//! test asks for), so the same API tests run over both stores;
+//! `scripts/test.sh` runs the storage-sensitive modules that way a second time.
+//! A test about the local disk itself uses [`TestApp::spawn_on_local_disk`].
 
 use std::net::SocketAddr;
 
@@ -102,6 +108,41 @@ pub async fn fresh_s3_bucket(endpoint: &str) -> String {
     bucket
 }
 
+/// Where a test's blobs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    LocalDisk,
+    S3,
+}
+
+impl Storage {
+    /// `CAIRN_TEST_STORAGE`: `s3` for a bucket on the test S3 server, anything
+    /// else (or nothing) for the local disk.
+    pub fn from_env() -> Storage {
+        match std::env::var("CAIRN_TEST_STORAGE").as_deref() {
+            Ok("s3") => Storage::S3,
+            _ => Storage::LocalDisk,
+        }
+    }
+}
+
+/// Points `config` at a new, empty bucket of the test S3 server, under the
+/// prefix `registry/`.
+pub async fn use_fresh_bucket(config: &mut Config) {
+    let endpoint = s3_endpoint().await;
+    let bucket = fresh_s3_bucket(&endpoint).await;
+    config.storage.url = format!("s3://{bucket}/registry");
+    config.storage.s3 = cairn::config::S3Config {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        path_style: Some(true),
+        allow_http: Some(true),
+        access_key_id: Some("cairn-test".into()),
+        secret_access_key: Some("cairn-test-secret".into()),
+        ..Default::default()
+    };
+}
+
 /// A running registry and a client for it.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -117,8 +158,21 @@ impl TestApp {
         Self::spawn_with(db, |_| {}).await
     }
 
-    /// Starts a registry with a config adjusted by `tweak`.
+    /// Starts a registry with a config adjusted by `tweak`, its blobs where
+    /// `CAIRN_TEST_STORAGE` says.
     pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_on(db, Storage::from_env(), tweak).await
+    }
+
+    /// [`TestApp::spawn_with`] on the local disk whatever `CAIRN_TEST_STORAGE`
+    /// says: for tests of the disk layout, fsync or `copy_file_range`, which
+    /// mean nothing on an object store.
+    pub async fn spawn_on_local_disk(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_on(db, Storage::LocalDisk, tweak).await
+    }
+
+    /// Starts a registry over `storage` with a config adjusted by `tweak`.
+    pub async fn spawn_on(db: Db, storage: Storage, tweak: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -132,6 +186,9 @@ impl TestApp {
             .expect("blob dir")
             .to_string();
         std::fs::create_dir_all(dir.path().join("blobs")).expect("blob dir");
+        if storage == Storage::S3 {
+            use_fresh_bucket(&mut config).await;
+        }
         tweak(&mut config);
         let app = App::build(&config).await.expect("server starts");
         let addr = app.local_addr().expect("addr");
@@ -152,22 +209,28 @@ impl TestApp {
     /// Starts a registry whose blobs live in a fresh bucket of the test S3
     /// server, under the prefix `registry/`, with its config adjusted by `tweak`.
     pub async fn spawn_s3_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let endpoint = s3_endpoint().await;
-        let bucket = fresh_s3_bucket(&endpoint).await;
-        Self::spawn_with(db, move |c| {
-            c.storage.url = format!("s3://{bucket}/registry");
-            c.storage.s3 = cairn::config::S3Config {
-                endpoint: Some(endpoint),
-                region: Some("us-east-1".into()),
-                path_style: Some(true),
-                allow_http: Some(true),
-                access_key_id: Some("cairn-test".into()),
-                secret_access_key: Some("cairn-test-secret".into()),
-                session_token: None,
-            };
-            tweak(c)
-        })
-        .await
+        Self::spawn_on(db, Storage::S3, tweak).await
+    }
+
+    /// How many objects the registry's store holds under `prefix` (e.g.
+    /// `uploads`), whichever store it is: a test checks the store's contents
+    /// without knowing whether they are files or bucket objects.
+    pub async fn stored_objects(&self, prefix: &str) -> usize {
+        use futures::TryStreamExt;
+        let url =
+            url::Url::parse(&self.config.storage_url().expect("storage URL")).expect("storage URL");
+        let (store, root) = object_store::parse_url_opts(&url, self.config.storage.s3.options())
+            .expect("object store");
+        let under = prefix
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(root, |p, part| p.child(part));
+        store
+            .list(Some(&under))
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("list the store")
+            .len()
     }
 
     /// A handle of its own on the registry's object store, for a test that

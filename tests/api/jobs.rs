@@ -124,3 +124,63 @@ async fn scheduled_gc_skips_while_another_replica_runs_it() {
     }
     assert_eq!(status, 404, "collected once the lock was released");
 }
+
+/// `cairn gc` and `cairn retention apply` (the manual runs) take the lock the
+/// scheduled runs take: while a replica holds it they wait (saying so) and,
+/// after `--wait` seconds, give up having done nothing; once it is free they
+/// run. (On the local disk: the commands get their configuration from
+/// `CAIRN_*` variables here, which name no S3 credentials.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_gc_and_retention_apply_take_the_job_lock() {
+    let app = TestApp::spawn_on_local_disk(Db::Postgres, |c| {
+        c.gc.interval_secs = 0;
+        c.gc.grace_secs = 0;
+    })
+    .await;
+    let digest = app.push_blob("jobs/manual", b"collect me by hand").await;
+    let path = format!("/v2/jobs/manual/blobs/{digest}");
+    let cairn = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .current_dir(app.dir.path())
+            .env("CAIRN_DATABASE__URL", &app.config.database.url)
+            .env("CAIRN_STORAGE__URL", &app.config.storage.url)
+            .env("CAIRN_GC__GRACE_SECS", "0")
+            .env("CAIRN_LOG__LEVEL", "warn")
+            .output()
+            .expect("run cairn");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let replica = App::build(&app.config).await.expect("a replica");
+    for (job, args) in [
+        (Job::GarbageCollection, vec!["gc", "--json", "--wait", "1"]),
+        (
+            Job::Retention,
+            vec!["retention", "apply", "--json", "--wait", "1"],
+        ),
+    ] {
+        let lock = replica
+            .registry()
+            .metadata()
+            .try_job_lock(job)
+            .await
+            .unwrap()
+            .expect("the replica takes the lock");
+        let (ok, stderr) = tokio::task::block_in_place(|| cairn(args.as_slice()));
+        assert!(!ok, "{args:?} ran while a replica held the lock");
+        assert!(
+            stderr.contains("is running elsewhere") && stderr.contains("nothing was done"),
+            "{args:?}: {stderr}"
+        );
+        if job == Job::GarbageCollection {
+            assert_eq!(app.head(&path).await.status(), 200, "nothing collected");
+        }
+        lock.release().await.unwrap();
+        let (ok, stderr) = tokio::task::block_in_place(|| cairn(args.as_slice()));
+        assert!(ok, "{args:?} once the lock is free: {stderr}");
+    }
+    assert_eq!(app.head(&path).await.status(), 404, "collected by hand");
+}

@@ -20,6 +20,7 @@ mod metrics;
 mod process;
 mod protocol;
 mod provenance;
+mod replicas;
 mod retention;
 mod s3;
 mod ui;

@@ -283,3 +283,170 @@ async fn an_upload_spread_over_two_replicas() {
     assert_eq!(sha256(&pulled), d);
     assert_range(&b, "s3/replicas", &d, &data, 1_999_990, 2_000_009).await;
 }
+
+/// With `[storage.s3] redirect_pulls`, a blob GET answers `307` with a
+/// presigned URL of the object: a plain HTTP client (no credentials) gets the
+/// exact bytes there; HEAD and ranged GETs are still answered by the registry;
+/// the pull is counted in the metrics and the pull statistics.
+#[tokio::test]
+async fn pulls_redirect_to_presigned_urls() {
+    let app = TestApp::spawn_s3_with(Db::Postgres, |c| {
+        c.storage.s3.redirect_pulls = Some(true);
+        c.storage.s3.presign_expiry_secs = Some(120);
+        c.metrics.pull_stats_flush_secs = 1;
+    })
+    .await;
+    let repo = "s3/redirect";
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let d = app.push_blob(repo, &data).await;
+    let path = format!("/v2/{repo}/blobs/{d}");
+
+    // The registry's client does not follow redirects: it sees the 307.
+    let r = app.get(&path).await;
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), d);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.contains("X-Amz-Signature=") && location.contains("X-Amz-Expires=120"),
+        "{location}"
+    );
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // Anyone holding the URL gets the bytes, without credentials.
+    let direct = reqwest::get(&location).await.unwrap();
+    assert_eq!(direct.status(), 200);
+    let bytes = direct.bytes().await.unwrap();
+    assert_eq!(bytes.len(), data.len());
+    assert_eq!(sha256(&bytes), d);
+
+    // A client that follows redirects (as docker does) just gets the blob.
+    let follows = reqwest::Client::new();
+    let r = follows
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+
+    // HEAD and ranges: the registry answers.
+    let r = app.head(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"].to_str().unwrap(),
+        data.len().to_string()
+    );
+    assert_range(&app, repo, &d, &data, 10, 20_000).await;
+
+    // Two redirected pulls and one ranged pull are counted.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let series = format!("cairn_blob_pulls_total{{repository=\"{repo}\"}} ");
+    let pulls: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .expect("the repository's blob pulls")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pulls, 3.0, "{metrics}");
+    let mut totals = serde_json::Value::Null;
+    for _ in 0..100 {
+        totals = app
+            .get(&format!("/api/v1/repositories/{repo}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if totals["blob_pulls"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(totals["blob_pulls"], 3, "{totals}");
+    assert_eq!(
+        totals["bytes_served"].as_u64(),
+        Some(2 * data.len() as u64 + 19_991),
+        "{totals}"
+    );
+}
+
+/// Without `redirect_pulls` (the default) the registry streams the bytes.
+#[tokio::test]
+async fn pulls_are_not_redirected_by_default() {
+    let app = s3_app().await;
+    let d = app.push_blob("s3/direct", b"served by the registry").await;
+    let r = app.get(&format!("/v2/s3/direct/blobs/{d}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], b"served by the registry");
+}
+
+/// The multipart uploads in progress in the app's bucket (S3
+/// `ListMultipartUploads`, which moto answers without signatures).
+async fn multipart_uploads(app: &TestApp) -> usize {
+    let endpoint = app.config.storage.s3.endpoint.clone().expect("endpoint");
+    let bucket = app
+        .config
+        .storage
+        .url
+        .strip_prefix("s3://")
+        .and_then(|r| r.split('/').next())
+        .expect("bucket")
+        .to_string();
+    let xml = reqwest::get(format!("{endpoint}/{bucket}?uploads"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    xml.matches("<UploadId>").count()
+}
+
+/// A chunk whose client goes away in the middle of it was being written as a
+/// multipart upload; the registry aborts that upload, so no part of it stays
+/// in the bucket. (A process killed mid-chunk cannot abort anything: the
+/// bucket's `AbortIncompleteMultipartUpload` lifecycle rule, see the README,
+/// reclaims those parts.)
+#[tokio::test]
+async fn an_abandoned_chunk_aborts_its_multipart_upload() {
+    let app = s3_app().await;
+    let url = start(&app, "s3/abandoned").await;
+    let (tx, rx) = futures::channel::mpsc::unbounded::<std::io::Result<Vec<u8>>>();
+    // 20 MiB: more than two 8 MiB parts, so a multipart upload is under way.
+    for i in 0..20u8 {
+        tx.unbounded_send(Ok(vec![i; 1 << 20])).unwrap();
+    }
+    let request = app
+        .client
+        .patch(&url)
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(rx))
+        .send();
+    let request = tokio::spawn(request);
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = multipart_uploads(&app).await;
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1, "the chunk is being written as a multipart upload");
+    // The client fails mid-body.
+    tx.unbounded_send(Err(std::io::Error::other("client gone")))
+        .unwrap();
+    let _ = request.await;
+    let mut left = seen;
+    for _ in 0..100 {
+        left = multipart_uploads(&app).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the abandoned multipart upload was aborted");
+    // The session is where it was: nothing of the failed chunk counts.
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"].to_str().unwrap(), "0-0");
+    assert_eq!(app.stored_objects("uploads").await, 0);
+}

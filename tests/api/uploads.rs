@@ -442,10 +442,9 @@ async fn upload_continues_after_a_restart(app: TestApp) {
     let r = patch(&app, &url, Some("0-49999"), &data[..50_000]).await;
     assert_eq!(r.status(), 202);
     let path = url.strip_prefix(&app.base).unwrap().to_string();
-    // The received chunk is on disk, in the shared blob directory.
+    // The received chunk is in the shared store.
     let id = path.rsplit('/').next().unwrap();
-    let parts = app.dir.path().join("blobs/uploads").join(id);
-    assert_eq!(std::fs::read_dir(&parts).expect("upload parts").count(), 1);
+    assert_eq!(app.stored_objects(&format!("uploads/{id}")).await, 1);
 
     let second = app.restart().await;
     assert_ne!(second.base, app.base);
@@ -614,9 +613,11 @@ async fn idle_uploads_expire(db: Db) {
     let url = start(&app, "demo", "").await;
     let r = patch(&app, &url, Some("0-9"), &[7u8; 10]).await;
     assert_eq!(r.status(), 202);
-    let uploads_dir = app.dir.path().join("blobs/uploads");
-    let files = |dir: &std::path::Path| walk(dir).into_iter().filter(|p| p.is_file()).count();
-    assert_eq!(files(&uploads_dir), 1, "the chunk is stored");
+    assert_eq!(
+        app.stored_objects("uploads").await,
+        1,
+        "the chunk is stored"
+    );
     // The janitor runs every second for a one-second expiry.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -631,22 +632,11 @@ async fn idle_uploads_expire(db: Db) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert_eq!(files(&uploads_dir), 0, "its chunk is deleted");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    assert_eq!(
+        app.stored_objects("uploads").await,
+        0,
+        "its chunk is deleted"
+    );
 }
 
 both_db!(blobs_over_the_size_limit_are_413, idle_uploads_expire);
