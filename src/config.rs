@@ -739,8 +739,13 @@ mod tests {
                 "listen" => s("127.0.0.1:6000"),
                 "metrics.listen" => s("127.0.0.1:9191"),
                 "auth.metrics" => s("open"),
-                "storage.s3.path_style" | "storage.s3.allow_http" => {
+                "storage.s3.path_style"
+                | "storage.s3.allow_http"
+                | "storage.s3.redirect_pulls" => {
                     ("true".into(), Some(toml::Value::Boolean(true)))
+                }
+                "storage.s3.presign_expiry_secs" => {
+                    ("600".into(), Some(toml::Value::Integer(600)))
                 }
                 "auth.anonymous_pull" => (
                     "[\"public/**\"]".into(),

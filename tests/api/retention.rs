@@ -894,7 +894,8 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         &format!("{repo}@{}", digests[1]),
         "--reason",
         "case-77",
-    ]).await;
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("case-77"));
     let (code, out, _) = cairn(&["promote", &format!("{repo}:nope"), "--env", "prod"]).await;
@@ -918,7 +919,8 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         "--plan",
         plan["id"].as_str().unwrap(),
         "--json",
-    ]).await;
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["deleted"][0]["digest"], digests[2]);
@@ -943,7 +945,8 @@ async fn the_cli_does_what_the_api_does(app: TestApp) {
         "hold.add",
         "-o",
         export.to_str().unwrap(),
-    ]).await;
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let lines = std::fs::read_to_string(&export).unwrap();
     let entry: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
