@@ -189,7 +189,7 @@ enum Work {
     },
     Soak {
         repo: String,
-        template: BlobTemplate,
+        template: Box<BlobTemplate>,
         pull: Blob,
         config: Blob,
         layer: Blob,
@@ -407,7 +407,7 @@ async fn setup(args: &Args, reg: &Registry) -> Result<Work, String> {
                 .map_or(1, |d| d.as_nanos() as u64);
             Work::Soak {
                 repo,
-                template: BlobTemplate::new(args.size, seed),
+                template: Box::new(BlobTemplate::new(args.size, seed)),
                 pull,
                 config,
                 layer,

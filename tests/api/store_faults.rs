@@ -53,12 +53,18 @@ async fn send(rb: reqwest::RequestBuilder) -> (Response, Duration) {
 
 /// A retryable 503 with the OCI error body, in time.
 async fn assert_unavailable(what: &str, r: Response, took: Duration) {
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    eprintln!(
+        "{what}: {} after {took:?}, Retry-After {retry_after:?}",
+        r.status()
+    );
     assert!(took < BOUND, "{what}: answered after {took:?}");
     assert_eq!(r.status(), 503, "{what}");
-    assert!(
-        r.headers().contains_key("retry-after"),
-        "{what}: no Retry-After"
-    );
+    assert!(retry_after.is_some(), "{what}: no Retry-After");
     assert_eq!(error_code(r).await, "UNAVAILABLE", "{what}");
 }
 
@@ -517,6 +523,7 @@ async fn disk_full(db: Db) {
         }
         assert_eq!(r.status(), 507, "a push to a full disk");
         let body: serde_json::Value = r.json().await.unwrap();
+        eprintln!("push {i} of 1 MiB to the full disk: 507 after {took:?}: {body}");
         assert_eq!(body["errors"][0]["code"], "INSUFFICIENT_STORAGE", "{body}");
         let msg = body["errors"][0]["message"].as_str().unwrap();
         assert!(msg.contains("full") && msg.contains("no space"), "{msg}");
