@@ -9,10 +9,14 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     // The first eight bytes choose the blob size, the rest is the header.
     let (size, header) = match data {
-        [a, b, c, d, e, f, g, h, rest @ ..] => (u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]), rest),
+        [a, b, c, d, e, f, g, h, rest @ ..] => {
+            (u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]), rest)
+        }
         _ => (0, data),
     };
-    let Ok(s) = std::str::from_utf8(header) else { return };
+    let Ok(s) = std::str::from_utf8(header) else {
+        return;
+    };
     for size in [size, 0, 1, 1024, u64::MAX] {
         match ByteRange::parse_request(s, size) {
             Ok(Some(r)) => {
@@ -32,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.start <= r.end && r.end < u64::MAX, "{s:?}: {r:?}");
         assert_eq!(r.len(), r.end - r.start + 1);
         // What the registry writes back parses to the same range.
-        assert_eq!(ContentRange::parse(&format!("{}-{}", r.start, r.end)), Ok(r));
+        assert_eq!(
+            ContentRange::parse(&format!("{}-{}", r.start, r.end)),
+            Ok(r)
+        );
     }
 });

@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => {}
     }
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = token_kid(s);
     for refresh in [false, true] {
         if let Ok(c) = check(s, &keys.decoding, "cairn", refresh) {
@@ -60,7 +62,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_role(s);
     let scopes = grant_scopes(Subject::Anonymous, &[], &[s.to_string()]);
-    assert!(scopes.is_empty(), "anonymous, no grants: nothing is granted");
+    assert!(
+        scopes.is_empty(),
+        "anonymous, no grants: nothing is granted"
+    );
     // Arbitrary claims, validly signed: the claims parser and the checks.
     if let Ok(claims) = serde_json::from_slice::<serde_json::Value>(data) {
         let mut header = Header::new(Algorithm::EdDSA);
