@@ -99,3 +99,31 @@ cargo test --locked --all-targets -- --test-threads 4
 log "cargo test: API tests with blobs on S3 (CAIRN_TEST_STORAGE=s3)"
 CAIRN_TEST_STORAGE=s3 cargo test --locked --test api -- --test-threads 4 \
   blobs:: uploads:: manifests:: immutability:: listing:: protocol:: retention::
+
+# ---- fuzzing (bounded) --------------------------------------------------------
+# Each target replays its committed seeds (fuzz/corpus/<target>) and crash
+# regressions (fuzz/regressions/<target>), then fuzzes for FUZZ_SECONDS. New
+# inputs go to a scratch directory, so the tree is never modified. cargo-fuzz
+# needs nightly features; RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
+# Unoptimised builds without a sanitizer: the targets fuzz safe Rust, where what
+# is found is a panic (overflow checks on), and the build costs minutes, not tens.
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "installing cargo-fuzz (crates.io)"
+  cargo install cargo-fuzz --locked
+fi
+log "cargo fuzz: every target for ${FUZZ_SECONDS}s"
+fuzz_scratch=$(mktemp -d)
+trap 'rm -rf "$fuzz_scratch"' EXIT
+(
+  cd fuzz
+  export RUSTC_BOOTSTRAP=1
+  cargo fuzz build --dev -s none
+  for target in $(cargo fuzz list); do
+    mkdir -p "$fuzz_scratch/$target" "corpus/$target" "regressions/$target"
+    cargo fuzz run --dev -s none "$target" "$fuzz_scratch/$target" "corpus/$target" "regressions/$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      2>"$fuzz_scratch/$target.log" || { tail -n 40 "$fuzz_scratch/$target.log" >&2; exit 1; }
+    grep -E '^stat::number_of_executed_units|^Done' "$fuzz_scratch/$target.log" | sed "s/^/$target: /" || true
+  done
+)

@@ -52,6 +52,16 @@ pub struct StorageConfig {
     /// environment variable.
     #[serde(default, skip_serializing_if = "S3Config::is_empty")]
     pub s3: S3Config,
+    /// Seconds one request to a remote store (S3, GCS, Azure) may take, from
+    /// connecting until its response body is read; a timed-out request is
+    /// retried, then the client gets `503`.
+    pub timeout_secs: u64,
+    /// Seconds to establish a connection to a remote store.
+    pub connect_timeout_secs: u64,
+    /// Retries of a failed request to a remote store.
+    pub max_retries: usize,
+    /// Seconds after a request's first attempt when no retry starts any more.
+    pub retry_timeout_secs: u64,
 }
 
 /// `[storage.s3]`: how to reach an S3 or S3-compatible store (MinIO, Ceph,
@@ -308,6 +318,10 @@ impl Default for Config {
             storage: StorageConfig {
                 url: "file://./data/blobs".into(),
                 s3: S3Config::default(),
+                timeout_secs: 30,
+                connect_timeout_secs: 5,
+                max_retries: 3,
+                retry_timeout_secs: 10,
             },
             limits: LimitsConfig {
                 max_manifest_bytes: l.max_manifest_bytes,
@@ -462,7 +476,22 @@ impl Config {
 
     /// The blob store named by `storage`.
     pub fn blob_store(&self) -> Result<crate::storage::BlobStore, crate::storage::Error> {
-        crate::storage::BlobStore::open_with(&self.storage_url()?, &self.storage.s3.options())
+        crate::storage::BlobStore::open_with(
+            &self.storage_url()?,
+            &self.storage.s3.options(),
+            &self.outbound(),
+        )
+    }
+
+    /// The time limits of requests to a remote object store.
+    pub fn outbound(&self) -> crate::storage::Outbound {
+        let s = &self.storage;
+        crate::storage::Outbound {
+            timeout: Duration::from_secs(s.timeout_secs.max(1)),
+            connect_timeout: Duration::from_secs(s.connect_timeout_secs.max(1)),
+            max_retries: s.max_retries,
+            retry_timeout: Duration::from_secs(s.retry_timeout_secs),
+        }
     }
 
     /// The storage URL with a relative `file://` path made absolute.

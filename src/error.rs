@@ -36,6 +36,8 @@ pub enum Code {
     ProvenanceInvalid,
     /// A dependency (database, object store) is unavailable; retry later (503).
     Unavailable,
+    /// The blob store has no space left; nothing of the request was kept (507).
+    InsufficientStorage,
     /// A bug or an unexpected failure (500).
     Internal,
 }
@@ -130,6 +132,11 @@ impl Code {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service temporarily unavailable; retry",
             ),
+            InsufficientStorage => (
+                "INSUFFICIENT_STORAGE",
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the registry's storage is full",
+            ),
             Internal => (
                 "UNKNOWN",
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,6 +196,10 @@ impl ApiError {
         tracing::error!(error = %chain, "request failed");
         let message = match code {
             Code::Unavailable => "a backing service is unavailable; retry the request",
+            Code::InsufficientStorage => {
+                "the registry's blob storage is full (no space left on device); \
+                 nothing of this request was stored"
+            }
             _ => "internal server error; the registry log has the details",
         };
         ApiError::new(code, message)
@@ -295,8 +306,13 @@ impl From<service::Error> for ApiError {
             E::Storage(ref s @ crate::storage::Error::NotFound(_)) => {
                 ApiError::internal(Code::Internal, s)
             }
-            E::Storage(ref s) => ApiError::internal(Code::Unavailable, s),
-            E::Metadata(ref m) if m.is_unavailable() => ApiError::internal(Code::Unavailable, m),
+            E::Storage(ref s) if s.is_out_of_space() => {
+                ApiError::internal(Code::InsufficientStorage, s)
+            }
+            E::Storage(ref s) => ApiError::internal(Code::Unavailable, s)
+                .with_header(header::RETRY_AFTER, "5".to_string()),
+            E::Metadata(ref m) if m.is_unavailable() => ApiError::internal(Code::Unavailable, m)
+                .with_header(header::RETRY_AFTER, "5".to_string()),
             E::Metadata(ref m) => ApiError::internal(Code::Internal, m),
         }
     }
@@ -347,6 +363,7 @@ mod tests {
             RangeInvalid,
             ProvenanceInvalid,
             Unavailable,
+            InsufficientStorage,
             Internal,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.info().0).collect();

@@ -124,21 +124,40 @@ pub(crate) async fn credentials(
             "the Authorization header is longer than {MAX_AUTHORIZATION} bytes"
         )));
     }
-    let text = value
-        .to_str()
-        .map_err(|_| AuthError::Unauthorized("the Authorization header is not text".into()))?;
+    match parse_authorization(value.as_bytes())? {
+        Authorization::Basic(name, secret) => state
+            .auth
+            .basic(&name, &secret, client)
+            .await
+            .map(Principal::Account),
+        Authorization::Bearer(token) => state.auth.bearer(token).await,
+    }
+}
+
+/// Credentials as an `Authorization` header carries them, not yet checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// `Basic <base64 name:secret>`, decoded.
+    Basic(String, String),
+    /// `Bearer <token>`.
+    Bearer(&'a str),
+}
+
+/// Parses an untrusted `Authorization` header value (the scheme is
+/// case-insensitive). Pure; the fuzz target `token` calls it.
+pub fn parse_authorization(value: &[u8]) -> Result<Authorization<'_>, AuthError> {
+    let text = std::str::from_utf8(value)
+        .ok()
+        .filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .ok_or_else(|| AuthError::Unauthorized("the Authorization header is not text".into()))?;
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
         let (name, secret) = basic_pair(rest)?;
-        return state
-            .auth
-            .basic(&name, &secret, client)
-            .await
-            .map(Principal::Account);
+        return Ok(Authorization::Basic(name, secret));
     }
     if scheme.eq_ignore_ascii_case("bearer") {
-        return state.auth.bearer(rest).await;
+        return Ok(Authorization::Bearer(rest));
     }
     Err(AuthError::Unauthorized(
         "unsupported authorization scheme: use Basic or Bearer".into(),
@@ -146,7 +165,7 @@ pub(crate) async fn credentials(
 }
 
 /// Decodes basic credentials into `(name, secret)`.
-pub(crate) fn basic_pair(b64: &str) -> Result<(String, String), AuthError> {
+pub fn basic_pair(b64: &str) -> Result<(String, String), AuthError> {
     let malformed = || AuthError::Unauthorized("malformed basic credentials".into());
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64)

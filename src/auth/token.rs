@@ -182,7 +182,9 @@ fn signer(k: &StoredKey) -> Result<Signer, KeyError> {
     })
 }
 
-fn verifier(k: &StoredKey) -> Option<DecodingKey> {
+/// The verification key of a stored key (`None` for another algorithm or a
+/// corrupt key).
+pub fn verifier(k: &StoredKey) -> Option<DecodingKey> {
     (k.algorithm == ALGORITHM)
         .then(|| b64().decode(&k.public_key).ok())
         .flatten()
@@ -311,11 +313,7 @@ impl Tokens {
     /// Verifies a token: algorithm, key, signature, issuer, audience, expiry,
     /// and that it is a refresh token exactly when `refresh`.
     pub async fn verify(&self, token: &str, refresh: bool) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(map_error)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(TokenError::Algorithm);
-        }
-        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let kid = token_kid(token)?;
         let known = |kid: &str| {
             self.ring
                 .read()
@@ -325,24 +323,44 @@ impl Tokens {
         if !known(&kid) && self.loaded_ago() > RELOAD_EVERY {
             self.reload().await;
         }
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.set_audience(&[&self.service]);
-        v.set_issuer(&[ISSUER]);
-        v.leeway = 5;
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        let claims = {
-            let ring = self.ring.read().map_err(|_| TokenError::UnknownKey)?;
-            let key = ring.verifiers.get(&kid).ok_or(TokenError::UnknownKey)?;
-            jsonwebtoken::decode::<Claims>(token, key, &v)
-                .map_err(map_error)?
-                .claims
-        };
-        if (claims.typ.as_deref() == Some(REFRESH)) != refresh {
-            return Err(TokenError::Type);
-        }
-        Ok(claims)
+        let ring = self.ring.read().map_err(|_| TokenError::UnknownKey)?;
+        let key = ring.verifiers.get(&kid).ok_or(TokenError::UnknownKey)?;
+        check(token, key, &self.service, refresh)
     }
+}
+
+/// The `kid` of an untrusted token's header, once the header parses and names
+/// the one accepted algorithm. Nothing is verified yet.
+pub fn token_kid(token: &str) -> Result<String, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(map_error)?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(TokenError::Algorithm);
+    }
+    header.kid.ok_or(TokenError::UnknownKey)
+}
+
+/// Verifies an untrusted token against `key`: signature, issuer, audience
+/// (`service`), expiry, not-before, and that it is a refresh token exactly
+/// when `refresh`. Pure: the fuzz target `token` calls it.
+pub fn check(
+    token: &str,
+    key: &DecodingKey,
+    service: &str,
+    refresh: bool,
+) -> Result<Claims, TokenError> {
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[service]);
+    v.set_issuer(&[ISSUER]);
+    v.leeway = 5;
+    v.validate_nbf = true;
+    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let claims = jsonwebtoken::decode::<Claims>(token, key, &v)
+        .map_err(map_error)?
+        .claims;
+    if (claims.typ.as_deref() == Some(REFRESH)) != refresh {
+        return Err(TokenError::Type);
+    }
+    Ok(claims)
 }
 
 fn map_error(e: jsonwebtoken::errors::Error) -> TokenError {

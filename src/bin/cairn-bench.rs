@@ -78,6 +78,11 @@ struct Args {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Also print one JSON line per this many seconds of the timed phase (ops/s,
+    /// latency percentiles, errors and, with `--pid`, the server's current RSS
+    /// over that window); 0: only the final line.
+    #[arg(long, default_value_t = 0.0)]
+    report_every: f64,
     /// Extra `key=value` fields copied into the JSON line (repeatable).
     #[arg(long = "meta", value_parser = parse_meta)]
     meta: Vec<(String, String)>,
@@ -107,6 +112,10 @@ enum Scenario {
     ManifestPullDigest,
     /// List --tags tags, --page per page, following Link headers (one op = all pages).
     TagList,
+    /// A mix, by operation number: 2 in 10 push a unique blob of --size, 1 in
+    /// 10 pushes a manifest under a new tag, 4 in 10 pull (and verify) a blob
+    /// of --size, 3 in 10 pull a manifest by tag. For long runs (`scripts/soak.sh`).
+    Soak,
 }
 
 impl Scenario {
@@ -120,6 +129,7 @@ impl Scenario {
                 | Scenario::BlobPushChunked
                 | Scenario::BlobPull
                 | Scenario::BlobPullVerify
+                | Scenario::Soak
         )
     }
 }
@@ -177,6 +187,13 @@ enum Work {
         page: usize,
         expect: usize,
     },
+    Soak {
+        repo: String,
+        template: Box<BlobTemplate>,
+        pull: Blob,
+        config: Blob,
+        layer: Blob,
+    },
 }
 
 struct Ctx {
@@ -232,6 +249,39 @@ async fn run_op(ctx: &Ctx, i: u64) -> Result<(u64, u64), String> {
             let n = ctx.reg.get_manifest(repo, reference, digest).await?;
             Ok((n, 1))
         }
+        Work::Soak {
+            repo,
+            template,
+            pull,
+            config,
+            layer,
+        } => match i % 10 {
+            0 | 1 => {
+                let blob = template.instance(&format!("cairn-bench {} op {i}", ctx.nonce));
+                ctx.reg.push_monolithic(repo, &blob).await?;
+                Ok((blob.len(), 2))
+            }
+            2 => {
+                let id = format!("{}-{i}", ctx.nonce);
+                let body = manifest(config, layer, &id);
+                ctx.reg
+                    .put_manifest(repo, &format!("p-{id}"), &body)
+                    .await?;
+                Ok((body.len() as u64, 1))
+            }
+            3..=6 => {
+                let n = ctx
+                    .reg
+                    .pull_blob(repo, &pull.digest, pull.len(), true)
+                    .await?;
+                Ok((n, 1))
+            }
+            _ => {
+                let digest = registry::sha256_digest(&manifest(config, layer, "pull"));
+                let n = ctx.reg.get_manifest(repo, "pull", &digest).await?;
+                Ok((n, 1))
+            }
+        },
         Work::TagList { repo, page, expect } => {
             let (tags, pages, bytes) = ctx.reg.list_tags(repo, *page).await?;
             if tags < *expect {
@@ -342,6 +392,27 @@ async fn setup(args: &Args, reg: &Registry) -> Result<Work, String> {
                 digest,
             }
         }
+        Scenario::Soak => {
+            let repo = format!("{p}/soak");
+            let (config, layer) = manifest_blobs();
+            ensure_blob(reg, &repo, &config).await?;
+            ensure_blob(reg, &repo, &layer).await?;
+            reg.put_manifest(&repo, "pull", &manifest(&config, &layer, "pull"))
+                .await?;
+            let pull = BlobTemplate::new(args.size, 0x50A4 ^ args.size)
+                .instance("cairn-bench soak pull blob");
+            ensure_blob(reg, &repo, &pull).await?;
+            let seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            Work::Soak {
+                repo,
+                template: Box::new(BlobTemplate::new(args.size, seed)),
+                pull,
+                config,
+                layer,
+            }
+        }
         Scenario::TagList => {
             let repo = format!("{p}/tags");
             let (have, _, _) = reg.list_tags(&repo, args.page).await?;
@@ -385,8 +456,17 @@ struct WorkerStats {
     first_error: Option<String>,
 }
 
+/// Outcomes since the last interval report.
+#[derive(Default)]
+struct Window {
+    latencies_ms: Vec<f64>,
+    errors: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn worker(
     ctx: Arc<Ctx>,
+    window: Option<Arc<std::sync::Mutex<Window>>>,
     next: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -404,7 +484,14 @@ async fn worker(
             break;
         }
         let t = Instant::now();
-        match run_op(&ctx, i).await {
+        let outcome = run_op(&ctx, i).await;
+        if let Some(Ok(mut w)) = window.as_ref().map(|w| w.lock()) {
+            match &outcome {
+                Ok(_) => w.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3),
+                Err(_) => w.errors += 1,
+            }
+        }
+        match outcome {
             Ok((bytes, requests)) => {
                 s.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 s.bytes += bytes;
@@ -438,6 +525,41 @@ fn round(v: f64, digits: i32) -> f64 {
 
 fn ms(v: Option<f64>) -> Value {
     v.map_or(Value::Null, |x| json!(round(x, 3)))
+}
+
+/// One `--report-every` line: the window's operations, latencies and errors,
+/// and the server's RSS at its end.
+fn interval_record(
+    mut m: serde_json::Map<String, Value>,
+    n: u64,
+    secs: f64,
+    start: Instant,
+    mut w: Window,
+    pid: Option<&str>,
+) -> Value {
+    w.latencies_ms.sort_by(f64::total_cmp);
+    let ops = w.latencies_ms.len();
+    m.insert("interval".into(), json!(n));
+    m.insert(
+        "elapsed_s".into(),
+        json!(round(start.elapsed().as_secs_f64(), 1)),
+    );
+    m.insert("seconds".into(), json!(round(secs, 3)));
+    m.insert("ops".into(), json!(ops));
+    m.insert("errors".into(), json!(w.errors));
+    m.insert(
+        "ops_per_s".into(),
+        json!(round(ops as f64 / secs.max(1e-9), 2)),
+    );
+    m.insert("p50_ms".into(), ms(percentile(&w.latencies_ms, 50.0)));
+    m.insert("p99_ms".into(), ms(percentile(&w.latencies_ms, 99.0)));
+    m.insert("max_ms".into(), ms(w.latencies_ms.last().copied()));
+    m.insert(
+        "server_rss_mib".into(),
+        pid.and_then(procstat::rss_kib)
+            .map_or(Value::Null, |k| json!(round(k as f64 / 1024.0, 1))),
+    );
+    Value::Object(m)
 }
 
 fn base_record(args: &Args) -> serde_json::Map<String, Value> {
@@ -514,10 +636,41 @@ async fn run(args: &Args) -> Result<Value, String> {
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let window =
+        (args.report_every > 0.0).then(|| Arc::new(std::sync::Mutex::new(Window::default())));
+    let reporter = window.clone().map(|w| {
+        let every = Duration::from_secs_f64(args.report_every);
+        let (pid, record, done) = (pid.clone(), base_record(args), stop.clone());
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut last = Instant::now();
+            for n in 1u64.. {
+                // Wakes at each interval, or early when the workers are done.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = async { while !f.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await } } => {}
+                }
+                let w = match w.lock() {
+                    Ok(mut g) => std::mem::take(&mut *g),
+                    Err(_) => return,
+                };
+                let secs = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                println!("{}", interval_record(record.clone(), n, secs, start, w, pid.as_deref()));
+                if f.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        });
+        (task, finished)
+    });
     let handles: Vec<_> = (0..args.concurrency)
         .map(|_| {
             tokio::spawn(worker(
                 ctx.clone(),
+                window.clone(),
                 next.clone(),
                 failures.clone(),
                 stop.clone(),
@@ -539,6 +692,10 @@ async fn run(args: &Args) -> Result<Value, String> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    if let Some((task, finished)) = reporter {
+        finished.store(true, Ordering::Relaxed);
+        let _ = task.await;
+    }
     let server_cpu = match (server_cpu0, pid.as_deref().and_then(procstat::cpu_seconds)) {
         (Some(a), Some(b)) => json!(round(b - a, 2)),
         _ => Value::Null,

@@ -52,6 +52,118 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// Whether the failure is the local disk being full (`ENOSPC`, or a quota):
+    /// the client is told so (`507`) rather than "unavailable".
+    pub fn is_out_of_space(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) {
+                    return true;
+                }
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+/// Time limits of the requests to a remote object store (S3, GCS, Azure). Every
+/// request is bounded, so a store that stops answering costs a client at most
+/// about `retry_timeout + timeout`, never a hang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// One request, from connecting until its response body has been read. A
+    /// streamed download that takes longer resumes where it stopped with a new
+    /// request (while retries remain).
+    pub timeout: std::time::Duration,
+    /// Establishing a connection.
+    pub connect_timeout: std::time::Duration,
+    /// Retries of a failed request (connection refused, timeout, 5xx), with
+    /// exponential backoff from 100 ms.
+    pub max_retries: usize,
+    /// No retry starts this long after the first attempt.
+    pub retry_timeout: std::time::Duration,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Outbound {
+            timeout: std::time::Duration::from_secs(30),
+            connect_timeout: std::time::Duration::from_secs(5),
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a cloud store from its URL and configuration keys, with `outbound`'s
+/// timeouts and retries (which `object_store::parse_url_opts` cannot set).
+/// The store for a remote scheme and, for S3, the same client as a URL signer.
+type Remote = (Arc<dyn ObjectStore>, Option<Arc<object_store::aws::AmazonS3>>);
+
+fn remote_store(
+    scheme: object_store::ObjectStoreScheme,
+    url: &url::Url,
+    opts: Vec<(String, String)>,
+    outbound: &Outbound,
+) -> object_store::Result<Remote> {
+    use object_store::{ObjectStoreScheme as S, RetryConfig};
+    let retry = RetryConfig {
+        max_retries: outbound.max_retries,
+        retry_timeout: outbound.retry_timeout,
+        ..RetryConfig::default()
+    };
+    // The limits go last so that no variable of the environment undoes them.
+    let limits = [
+        ("timeout", outbound.timeout),
+        ("connect_timeout", outbound.connect_timeout),
+    ]
+    .map(|(k, d)| (k.to_string(), format!("{}ms", d.as_millis().max(1))));
+    let opts: Vec<_> = opts.into_iter().chain(limits).collect();
+    // Keys a builder does not know are ignored, as `parse_url_opts` does: the
+    // environment holds every provider's variables.
+    macro_rules! build {
+        ($builder:ty) => {{
+            let b = opts.iter().fold(
+                <$builder>::new()
+                    .with_url(url.to_string())
+                    .with_retry(retry),
+                |b, (k, v)| match k.parse() {
+                    Ok(key) => b.with_config(key, v),
+                    Err(_) => b,
+                },
+            );
+            Arc::new(b.build()?)
+        }};
+    }
+    Ok(match scheme {
+        S::AmazonS3 => {
+            let s3: Arc<object_store::aws::AmazonS3> = build!(object_store::aws::AmazonS3Builder);
+            (s3.clone() as Arc<dyn ObjectStore>, Some(s3))
+        }
+        S::GoogleCloudStorage => {
+            let gcs: Arc<object_store::gcp::GoogleCloudStorage> =
+                build!(object_store::gcp::GoogleCloudStorageBuilder);
+            (gcs as Arc<dyn ObjectStore>, None)
+        }
+        S::MicrosoftAzure => {
+            let az: Arc<object_store::azure::MicrosoftAzure> =
+                build!(object_store::azure::MicrosoftAzureBuilder);
+            (az as Arc<dyn ObjectStore>, None)
+        }
+        other => {
+            return Err(object_store::Error::NotSupported {
+                source: format!("object store scheme {other:?}").into(),
+            })
+        }
+    })
+}
+
 /// A stream of blob bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
@@ -81,24 +193,32 @@ impl BlobStore {
     /// `s3://`, `gs://`, `az://`). Cloud credentials come from the standard
     /// environment variables of each provider.
     pub fn open(url: &str) -> Result<BlobStore> {
-        Self::open_with(url, &[])
+        Self::open_with(url, &[], &Outbound::default())
     }
 
     /// [`BlobStore::open`] with `object_store` configuration keys (e.g.
-    /// `aws_endpoint`) that override the environment's.
-    pub fn open_with(url: &str, options: &[(String, String)]) -> Result<BlobStore> {
+    /// `aws_endpoint`) that override the environment's, and the time limits of
+    /// every request to a remote store.
+    pub fn open_with(
+        url: &str,
+        options: &[(String, String)],
+        outbound: &Outbound,
+    ) -> Result<BlobStore> {
         let parsed = url::Url::parse(url).map_err(|e| Error::Url {
             url: url.to_string(),
             reason: e.to_string(),
         })?;
+        let bad = |reason: String| Error::Url {
+            url: url.to_string(),
+            reason,
+        };
         let mut local_root = None;
         let mut signer: Option<(Arc<dyn Signer>, Path)> = None;
         let (store, part_size): (Arc<dyn ObjectStore>, usize) = match parsed.scheme() {
             "file" => {
-                let path = parsed.to_file_path().map_err(|_| Error::Url {
-                    url: url.to_string(),
-                    reason: "not an absolute file path".into(),
-                })?;
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|_| bad("not an absolute file path".into()))?;
                 std::fs::create_dir_all(&path)?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)?;
                 local_root = Some(path);
@@ -106,40 +226,21 @@ impl BlobStore {
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), 1 << 20),
             _ => {
-                let opts = std::env::vars()
+                let opts: Vec<(String, String)> = std::env::vars()
                     .filter(|(k, _)| {
                         let k = k.to_ascii_uppercase();
                         k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
                     })
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     // Later keys win: the configuration's over the environment's.
-                    .chain(options.iter().cloned());
-                let bad = |e: object_store::Error| Error::Url {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                };
-                let (store, prefix): (Arc<dyn ObjectStore>, Path) =
-                    match ObjectStoreScheme::parse(&parsed) {
-                        // Built here rather than by `parse_url_opts` so that the
-                        // concrete `AmazonS3` can also sign URLs (redirected pulls).
-                        Ok((ObjectStoreScheme::AmazonS3, prefix)) => {
-                            let builder = opts.fold(
-                                object_store::aws::AmazonS3Builder::new().with_url(url),
-                                |b, (k, v)| match k.parse() {
-                                    Ok(key) => b.with_config(key, v),
-                                    Err(_) => b,
-                                },
-                            );
-                            let s3 = Arc::new(builder.build().map_err(bad)?);
-                            signer = Some((s3.clone() as Arc<dyn Signer>, prefix.clone()));
-                            (s3 as Arc<dyn ObjectStore>, prefix)
-                        }
-                        _ => {
-                            let (store, prefix) =
-                                object_store::parse_url_opts(&parsed, opts).map_err(bad)?;
-                            (Arc::from(store), prefix)
-                        }
-                    };
+                    .chain(options.iter().cloned())
+                    .collect();
+                let (scheme, prefix) = object_store::ObjectStoreScheme::parse(&parsed)
+                    .map_err(|e| bad(e.to_string()))?;
+                let (store, s3) = remote_store(scheme, &parsed, opts, outbound)
+                    .map_err(|e| bad(e.to_string()))?;
+                // The concrete `AmazonS3` can also sign URLs (redirected pulls).
+                signer = s3.map(|s3| (s3 as Arc<dyn Signer>, prefix.clone()));
                 let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
                     store
                 } else {

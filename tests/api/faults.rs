@@ -3,63 +3,10 @@
 //! retryable 503 within the acquire timeout, none hangs, `/readyz` says so, and
 //! the registry recovers by itself when the database is back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-
 use crate::helpers::{error_code, Db, TestApp};
-
-/// A TCP proxy to PostgreSQL that can drop every connection and refuse new
-/// ones, like a database restart seen from the registry.
-struct Proxy {
-    port: u16,
-    down: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (d, c) = (down.clone(), conns.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if d.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                c.lock().unwrap().push(task);
-            }
-        });
-        Proxy { port, down, conns }
-    }
-
-    /// Drops every open connection and refuses new ones.
-    fn cut(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        for t in self.conns.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
-}
+use crate::proxy::Proxy;
 
 #[tokio::test]
 async fn the_database_going_away_is_a_503_and_recovery_is_automatic() {
