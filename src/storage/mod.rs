@@ -21,8 +21,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreScheme, PutPayload,
-    WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -101,11 +100,14 @@ impl Default for Outbound {
     }
 }
 
+/// The store for a remote scheme and, for S3, the same client as a URL signer.
+type Remote = (
+    Arc<dyn ObjectStore>,
+    Option<Arc<object_store::aws::AmazonS3>>,
+);
+
 /// Builds a cloud store from its URL and configuration keys, with `outbound`'s
 /// timeouts and retries (which `object_store::parse_url_opts` cannot set).
-/// The store for a remote scheme and, for S3, the same client as a URL signer.
-type Remote = (Arc<dyn ObjectStore>, Option<Arc<object_store::aws::AmazonS3>>);
-
 fn remote_store(
     scheme: object_store::ObjectStoreScheme,
     url: &url::Url,
