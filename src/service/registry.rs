@@ -811,7 +811,11 @@ impl Registry {
             PutOutcome::Stored(events) => {
                 let tags: Vec<Tag> = bindings.iter().map(|b| b.tag.clone()).collect();
                 self.extract_provenance(repo, &digest, &tags, bytes.clone(), origin);
-                self.manifests.insert(digest.clone(), bytes);
+                // A copy of its own: the request's bytes may be a slice of the
+                // connection's whole read buffer, which the cache would then pin
+                // while weighing only the manifest.
+                self.manifests
+                    .insert(digest.clone(), Bytes::copy_from_slice(&bytes));
                 for e in events {
                     tracing::info!(tag = %e.tag, action = e.action.as_str(), digest = %e.digest, rule = %e.rule, "tag event");
                 }
@@ -954,7 +958,7 @@ impl Registry {
             Some(b) => b,
             None => {
                 let b = self.blobs.read(&digest).await?;
-                self.manifests.insert(digest, b.clone());
+                self.manifests.insert(digest, Bytes::copy_from_slice(&b));
                 b
             }
         };
