@@ -266,14 +266,31 @@ impl Metadata {
     /// Returns how many entries were sealed.
     pub async fn audit_seal(&self) -> Result<u64> {
         let mut total = 0u64;
+        let postgres = self.backend_name() == "postgres";
         loop {
             let sealed = on_write!(self, "audit_seal", |p| {
                 let mut tx = p.begin().await?;
-                let (last, mut prev) = sqlx::query_as::<_, (i64, String)>(
+                if postgres {
+                    // The head may be held by a sealer whose process died and
+                    // whose connection the server has not reaped yet: give up
+                    // rather than wait (that sealer's work is redone later).
+                    sqlx::query("SET LOCAL lock_timeout = '2s'")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let head = sqlx::query_as::<_, (i64, String)>(
                     "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash",
                 )
                 .fetch_one(&mut *tx)
-                .await?;
+                .await;
+                let (last, mut prev) = match head {
+                    Ok(h) => h,
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                        tracing::warn!("audit head busy for 2 s; entries stay pending");
+                        return Ok(total);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let rows = sqlx::query_as::<_, Pending>(
                     "SELECT seq, at, actor, client, action, repository, tag, digest, result,
                             detail, request_id, user_agent
