@@ -5,6 +5,7 @@
 //! `account.revoke`, `account.secret`, `signing_key.rotate`); the audit
 //! detail never holds a hash or a key.
 
+use super::BeginWrite as _;
 use serde::Serialize;
 
 use super::audit::{self, AuditEntry, Origin};
@@ -75,7 +76,7 @@ impl Metadata {
             "roles": roles.iter().map(|(g, r)| serde_json::json!({"repositories": g, "role": r})).collect::<Vec<_>>(),
         }));
         let created = on_write!(self, "create_account", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let id = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO accounts (name, kind, secret_hash, created_at, expires_at)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -134,7 +135,7 @@ impl Metadata {
         origin: &Origin,
     ) -> Result<bool> {
         let changed = on_write!(self, op, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut q = sqlx::query(sql);
             for a in args {
                 q = q.bind(*a);
@@ -290,7 +291,7 @@ impl Metadata {
         let entry =
             AuditEntry::global("signing_key.rotate").detail(serde_json::json!({ "kid": key.kid }));
         on_write!(self, "add_signing_key", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if let Some(o) = origin {
                 audit::append(&mut *tx, o, std::slice::from_ref(&entry)).await?;
             }

@@ -15,6 +15,7 @@
 //! every reader of the trail) chains them in batches. Chaining inside each
 //! change's transaction made every writer wait for the head row.
 
+use super::BeginWrite as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -269,7 +270,7 @@ impl Metadata {
         let postgres = self.backend_name() == "postgres";
         loop {
             let sealed = on_write!(self, "audit_seal", |p| {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 if postgres {
                     // The head may be held by a sealer whose process died and
                     // whose connection the server has not reaped yet: give up

@@ -18,7 +18,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
-use sqlx::{Acquire as _, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most changes committed together; bounds how long one commit holds the lock
@@ -105,8 +105,8 @@ async fn run(write: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
 async fn commit_batch(write: &SqlitePool, batch: Vec<Job>) -> Result<(), sqlx::Error> {
     let size = batch.len();
     // On error the jobs are dropped unrun: their callers see the failure.
-    let mut conn = write.acquire().await?;
-    let mut tx = conn.begin().await?;
+    // IMMEDIATE: see `BeginWrite`.
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
     let mut delivers: Vec<Deliver> = Vec::with_capacity(size);
     for job in batch {
         // A panicking change is dropped (its caller sees a failure); its
@@ -130,6 +130,7 @@ mod tests {
     use std::str::FromStr;
 
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use sqlx::Acquire as _;
 
     use super::*;
 

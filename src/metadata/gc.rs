@@ -15,6 +15,7 @@
 //! and fails (retryable), or its touch makes the claim's condition false.
 
 use super::audit::{self, AuditEntry, Origin};
+use super::BeginWrite as _;
 use super::{Backend, Metadata, Result};
 
 impl Metadata {
@@ -67,7 +68,7 @@ impl Metadata {
     /// still see the statement's older snapshot).
     pub async fn gc_claim(&self, digest: &str, cutoff_ms: i64, touches: i64) -> Result<bool> {
         let claimed = on_write!(self, "gc_claim", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query(
                 "UPDATE blobs SET state = 'deleting'
                   WHERE digest = $1 AND state = 'live' AND touched_at < $2 AND touches = $3
@@ -101,7 +102,7 @@ impl Metadata {
             .digest(digest)
             .detail(serde_json::json!({ "size": size }));
         let done = on_write!(self, "gc_finish", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("DELETE FROM blobs WHERE digest = $1 AND state = 'deleting'")
                 .bind(digest)
                 .execute(&mut *tx)

@@ -108,6 +108,39 @@ macro_rules! on_write {
     }};
 }
 
+/// Opens a write transaction. On SQLite it is `BEGIN IMMEDIATE`: a deferred
+/// transaction that reads first and writes later fails at once with
+/// `SQLITE_BUSY` (no busy wait) when another process, e.g. a `cairn gc` next to
+/// the server, committed in between; taking the write lock up front makes it
+/// wait its turn instead.
+pub(crate) trait BeginWrite<DB: sqlx::Database> {
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error>,
+    > + Send;
+}
+
+impl BeginWrite<sqlx::Sqlite> for SqlitePool {
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
+    > + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite<sqlx::Postgres> for PgPool {
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
+    > + Send {
+        self.begin()
+    }
+}
+
 /// Runs `$body`, an async body returning `Result<T, sqlx::Error>`, with `$c`
 /// bound to a connection that may write; the body opens its own transaction
 /// with `$c.begin()` and commits or rolls it back. On SQLite the change joins
@@ -647,7 +680,7 @@ impl Metadata {
         };
         let outcome = on_write!(self, "unlink_blob", |p| {
             async {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 // Manifests that use the blob, locked, then judged.
                 let users = sqlx::query_scalar::<_, String>(
                     "SELECT manifest_digest FROM manifest_blobs
@@ -950,7 +983,7 @@ impl Metadata {
     pub async fn expire_upload(&self, id: &str, before_ms: i64) -> Result<Option<Vec<String>>> {
         let keys = on_write!(self, "expire_upload", |p| {
             async {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 let keys = sqlx::query_scalar::<_, String>(
                     "SELECT object_key FROM upload_parts WHERE upload_id = $1",
                 )
@@ -982,7 +1015,7 @@ impl Metadata {
             return Ok(None);
         }
         let keys = on_write!(self, "delete_upload", |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             // Every part, including one appended since the check above.
             let keys = sqlx::query_scalar::<_, String>(
                 "DELETE FROM upload_parts WHERE upload_id = $1 RETURNING object_key",
@@ -1254,7 +1287,7 @@ impl Metadata {
         let now = now_ms();
         let entries: Vec<AuditEntry> = events.iter().map(|e| tag_entry(repo, e)).collect();
         on_write!(self, "record_tag_events", |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for e in events {
                 insert_event(&mut *tx, repository_id, e, &origin.actor, now).await?;
             }
@@ -1321,7 +1354,7 @@ impl Metadata {
         let now = now_ms();
         let outcome = on_write!(self, "delete_manifest", |p| {
             async {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 // Lock the row first (promotions and holds lock it too), then
                 // read the protections as they are now.
                 if !retention::lock_manifest(&mut *tx, id, digest.as_str()).await? {
@@ -1425,7 +1458,7 @@ impl Metadata {
         };
         let now = now_ms();
         let outcome = on_write!(self, "delete_tag", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let held = sqlx::query_scalar::<_, String>(
                 "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
             )

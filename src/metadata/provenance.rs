@@ -8,6 +8,7 @@
 //! document_digest)`), so re-sending it is a no-op. Every stored record has its
 //! `provenance.ingest` audit entry, appended in the inserting transaction.
 
+use super::BeginWrite as _;
 use serde::Serialize;
 
 use super::audit::{self, AuditEntry, Origin};
@@ -187,7 +188,7 @@ impl Metadata {
         let now = now_ms();
         let stored = on_write!(self, "put_provenance", |p| {
             async {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 let mut stored = Vec::with_capacity(records.len());
                 let mut entries = Vec::new();
                 for r in records {

@@ -2,6 +2,7 @@
 //! added to `manifest_pulls`, `tag_pulls` and `repository_pulls`, and read back
 //! for the artifacts API. Also the counts the metrics scrape asks for.
 
+use super::BeginWrite as _;
 use std::collections::HashMap;
 
 use super::{Backend, Metadata, Result};
@@ -137,7 +138,7 @@ impl Metadata {
             return Ok(());
         }
         on_write!(self, "add_pulls", |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for (repo, r) in batch {
                 sqlx::query(concat!(
                     "INSERT INTO repository_pulls (repository_id, pulls, blob_pulls, bytes_served, last_pulled_at)

@@ -8,6 +8,7 @@
 //! commits first is always seen, and one that comes second finds the manifest
 //! gone and fails: nothing protected is ever deleted by a race.
 
+use super::BeginWrite as _;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
@@ -100,7 +101,7 @@ impl Metadata {
             None => entry,
         };
         let out = on_write!(self, "promote", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if !lock_manifest(&mut *tx, repository_id, digest).await? {
                 return Ok::<Option<Promotion>, sqlx::Error>(None);
             }
@@ -179,7 +180,7 @@ impl Metadata {
             .digest(digest)
             .detail(serde_json::json!({ "reason": reason }));
         let out = on_write!(self, "add_hold", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if !lock_manifest(&mut *tx, repository_id, digest).await? {
                 return Ok::<Option<Hold>, sqlx::Error>(None);
             }
@@ -216,7 +217,7 @@ impl Metadata {
     pub async fn release_hold(&self, id: i64, origin: &Origin) -> Result<bool> {
         let now = now_ms();
         let done = on_write!(self, "release_hold", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let row = sqlx::query_as::<_, (i64, String, String)>(
                 "UPDATE holds SET released_at = $1, released_by = $2
                   WHERE id = $3 AND released_at IS NULL
@@ -337,7 +338,7 @@ impl Metadata {
     ) -> Result<RetentionDelete> {
         let now = now_ms();
         let out = on_write!(self, "retention_delete", |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             if !lock_manifest(&mut *tx, repository_id, digest).await? {
                 return Ok::<RetentionDelete, sqlx::Error>(RetentionDelete::Gone);
             }
