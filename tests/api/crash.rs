@@ -45,22 +45,28 @@ fn start(dir: &std::path::Path, database: Option<&str>) -> (Running, String) {
         .env("CAIRN_LOG__LEVEL", "info")
         .env("CAIRN_GC__INTERVAL_SECS", "0")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::inherit());
     if let Some(url) = database {
         cmd.env("CAIRN_DATABASE__URL", url);
     }
     let mut child = cmd.spawn().expect("start cairn");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("cairn exited before listening")
-            .expect("read log");
+        let Some(line) = lines.next() else {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            panic!(
+                "cairn exited before listening ({status}); its log:\n{}",
+                seen.join("\n")
+            );
+        };
+        let line = line.expect("read log");
         let v: Value = serde_json::from_str(&line).unwrap_or_default();
         if let Some(a) = v["fields"]["address"].as_str() {
             break a.to_string();
         }
+        seen.push(line);
     };
     std::thread::spawn(move || for _ in lines {});
     (Running(child), format!("http://{addr}"))
@@ -288,11 +294,9 @@ async fn crash_loop(database: Option<String>) {
         }
     }
     // The audit chain survived every crash.
-    let v: Value = get("/api/v1/audit/verify".into())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r = get("/api/v1/audit/verify".into()).await;
+    assert_eq!(r.status(), 200, "audit verify");
+    let v: Value = r.json().await.unwrap();
     assert!(v["broken"].is_null(), "{v}");
     eprintln!(
         "crash test ({}): {KILLS} SIGKILLs, {attempts} push attempts, {} blobs and {} images \
