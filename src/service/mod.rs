@@ -20,7 +20,8 @@ pub use gc::GcReport;
 pub use provenance::{IngestedStatement, EXTRACTION_SLOTS, MAX_ATTESTATION_BYTES};
 pub use pull_stats::{FlushFailed, PullStats};
 pub use registry::{
-    BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry, UploadProgress,
+    BlobLocation, Limits, ManifestContent, PushedManifest, ReferrersQuery, Registry,
+    UploadProgress, TAG_CACHE_TTL, TAG_LIST_CACHE_MAX,
 };
 pub use retention::{ApplyReport, Plan, RollbackAnswer};
 pub use stats::ArtifactPage;

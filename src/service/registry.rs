@@ -1,7 +1,9 @@
 //! Use cases of the distribution API (blobs, uploads, manifests, tags, referrers).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -102,6 +104,20 @@ pub struct Registry {
     /// cache needs no invalidation; whether a repository may serve a digest is
     /// still asked of the database on every request.
     manifests: Arc<quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>>,
+    /// Immutable tag → manifest record, so a pull by tag asks the database
+    /// nothing. An immutable binding never changes; it can only disappear, by
+    /// retention (or a process configured to treat the tag as mutable). Such
+    /// deletes made here clear the cache at once; those made by another replica
+    /// or a CLI run are seen within [`TAG_CACHE_TTL`]. Mutable tags are never
+    /// cached.
+    tags: Arc<quick_cache::sync::Cache<(RepoName, Tag), (Instant, ManifestRecord)>>,
+    /// Each repository's whole tag list, sorted, for listings (repositories of
+    /// up to [`TAG_LIST_CACHE_MAX`] tags). Changes made here replace it at once;
+    /// those of another replica are seen within [`TAG_CACHE_TTL`].
+    tag_lists: Arc<quick_cache::sync::Cache<RepoName, TagList, TagListWeight>>,
+    /// Bumped by every change that can alter a tag: a lookup that started
+    /// before a change must not put its (older) answer into a cache after it.
+    tag_generation: Arc<AtomicU64>,
     /// Provenance extractions allowed to run at once (see `service::provenance`).
     extractions: Arc<tokio::sync::Semaphore>,
 }
@@ -118,6 +134,34 @@ impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
 
 /// Bytes of manifests kept in memory.
 const MANIFEST_CACHE_BYTES: u64 = 32 << 20;
+
+/// Immutable tag bindings kept in memory.
+const TAG_CACHE_ENTRIES: usize = 16_384;
+
+/// How long a cached tag binding or tag list is served without asking the
+/// database: the longest a replica may lag behind a tag change (a push or a
+/// delete) made by another replica or a CLI run.
+pub const TAG_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Repositories with more tags than this are listed from the database page by
+/// page instead of from memory.
+pub const TAG_LIST_CACHE_MAX: u32 = 10_000;
+
+/// Bytes of tag lists kept in memory.
+const TAG_LIST_CACHE_BYTES: u64 = 16 << 20;
+
+/// A repository's sorted tag names, and when they were read.
+type TagList = (Instant, Arc<Vec<String>>);
+
+/// Weighs cached tag lists by their size.
+#[derive(Clone)]
+struct TagListWeight;
+
+impl quick_cache::Weighter<RepoName, TagList> for TagListWeight {
+    fn weight(&self, _: &RepoName, v: &TagList) -> u64 {
+        v.1.iter().map(|t| t.len() as u64 + 24).sum::<u64>() + 64
+    }
+}
 
 impl Registry {
     pub fn new(
@@ -138,6 +182,13 @@ impl Registry {
                 MANIFEST_CACHE_BYTES,
                 ManifestWeight,
             )),
+            tags: Arc::new(quick_cache::sync::Cache::new(TAG_CACHE_ENTRIES)),
+            tag_lists: Arc::new(quick_cache::sync::Cache::with_weighter(
+                1024,
+                TAG_LIST_CACHE_BYTES,
+                TagListWeight,
+            )),
+            tag_generation: Arc::new(AtomicU64::new(0)),
             extractions: Arc::new(tokio::sync::Semaphore::new(
                 super::provenance::EXTRACTION_SLOTS,
             )),
@@ -809,6 +860,10 @@ impl Registry {
             .await?
         {
             PutOutcome::Stored(events) => {
+                if !bindings.is_empty() {
+                    self.tag_generation.fetch_add(1, Ordering::AcqRel);
+                    self.tag_lists.remove(repo);
+                }
                 let tags: Vec<Tag> = bindings.iter().map(|b| b.tag.clone()).collect();
                 self.extract_provenance(repo, &digest, &tags, bytes.clone(), origin);
                 // A copy of its own: the request's bytes may be a slice of the
@@ -921,6 +976,39 @@ impl Registry {
         Ok(held_digests.into_iter().next())
     }
 
+    /// The manifest `tag` names, from the cache when the tag is immutable.
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>> {
+        let key = (repo.clone(), tag.clone());
+        if let Some((at, record)) = self.tags.get(&key) {
+            if at.elapsed() < TAG_CACHE_TTL {
+                return Ok(Some(record));
+            }
+        }
+        let generation = self.tag_generation.load(Ordering::Acquire);
+        let record = self.meta.resolve_tag(repo, tag).await?;
+        if let Some(r) = &record {
+            if self
+                .rules
+                .decide(repo.as_str(), tag.as_str())
+                .is_immutable()
+                && self.tag_generation.load(Ordering::Acquire) == generation
+            {
+                self.tags.insert(key, (Instant::now(), r.clone()));
+            }
+        }
+        Ok(record)
+    }
+
+    /// Forgets what is cached about tags: called after any change that can
+    /// add, move or remove one.
+    pub(super) fn forget_tags(&self, repo: &RepoName) {
+        self.tag_generation.fetch_add(1, Ordering::AcqRel);
+        self.tag_lists.remove(repo);
+        // Bindings are cached only for immutable tags, which only deletes
+        // remove; those are rare enough to start over.
+        self.tags.clear();
+    }
+
     /// Finds a manifest by tag or digest without reading its bytes (HEAD).
     pub async fn manifest_record(
         &self,
@@ -929,7 +1017,7 @@ impl Registry {
         accept: &[String],
     ) -> Result<ManifestRecord> {
         let record = match reference {
-            Reference::Tag(t) => self.meta.resolve_tag(repo, t).await?,
+            Reference::Tag(t) => self.resolve_tag(repo, t).await?,
             Reference::Digest(d) => self.meta.manifest(repo, d).await?,
         }
         .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
@@ -984,6 +1072,9 @@ impl Registry {
             }
             Reference::Tag(t) => self.meta.delete_tag(repo, t, &guard, origin).await?,
         };
+        if outcome == DeleteOutcome::Deleted {
+            self.forget_tags(repo);
+        }
         match outcome {
             DeleteOutcome::Deleted => Ok(()),
             DeleteOutcome::NotFound => Err(Error::ManifestUnknown(reference.to_string())),
@@ -1045,10 +1136,36 @@ impl Registry {
     }
 
     pub async fn tags(&self, repo: &RepoName, n: Option<u32>, last: Option<&str>) -> Result<Page> {
-        self.meta
-            .list_tags(repo, last, self.page_size(n))
-            .await?
-            .ok_or_else(|| Error::NameUnknown(repo.clone()))
+        let n = self.page_size(n);
+        let cached = match self.tag_lists.get(repo) {
+            Some((at, all)) if at.elapsed() < TAG_CACHE_TTL => Some(all),
+            _ => {
+                let generation = self.tag_generation.load(Ordering::Acquire);
+                let all = self
+                    .meta
+                    .list_tags(repo, None, TAG_LIST_CACHE_MAX)
+                    .await?
+                    .ok_or_else(|| Error::NameUnknown(repo.clone()))?;
+                if all.more {
+                    None
+                } else {
+                    let all = Arc::new(all.items);
+                    if self.tag_generation.load(Ordering::Acquire) == generation {
+                        self.tag_lists
+                            .insert(repo.clone(), (Instant::now(), all.clone()));
+                    }
+                    Some(all)
+                }
+            }
+        };
+        match cached {
+            Some(all) => Ok(page_of(&all, last, n)),
+            None => self
+                .meta
+                .list_tags(repo, last, n)
+                .await?
+                .ok_or_else(|| Error::NameUnknown(repo.clone())),
+        }
     }
 
     pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page> {
@@ -1070,6 +1187,61 @@ impl Registry {
     }
 }
 
+/// The page of `all` (sorted) after `last`, at most `n` names.
+fn page_of(all: &[String], last: Option<&str>, n: u32) -> Page {
+    let start = last.map_or(0, |l| all.partition_point(|t| t.as_str() <= l));
+    let end = start.saturating_add(n as usize).min(all.len());
+    Page {
+        items: all[start..end].to_vec(),
+        more: end < all.len(),
+    }
+}
+
 fn keys(parts: &[StoredPart]) -> Vec<String> {
     parts.iter().map(|p| p.key.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::page_of;
+
+    proptest! {
+        /// Following `last` through the pages of a sorted list yields every
+        /// name once, in order, and `more` is false exactly on the last page.
+        #[test]
+        fn pages_cover_the_list_once(
+            names in proptest::collection::btree_set("[a-z0-9]{1,6}", 0..60),
+            n in 1u32..20,
+        ) {
+            let all: Vec<String> = names.into_iter().collect();
+            let mut seen = Vec::new();
+            let mut last: Option<String> = None;
+            loop {
+                let p = page_of(&all, last.as_deref(), n);
+                prop_assert!(p.items.len() <= n as usize);
+                seen.extend(p.items.iter().cloned());
+                if !p.more {
+                    break;
+                }
+                prop_assert_eq!(p.items.len(), n as usize);
+                last = p.items.last().cloned();
+            }
+            prop_assert_eq!(seen, all);
+        }
+
+        /// `last` need not be a name in the list: the page starts after it.
+        #[test]
+        fn pages_start_after_any_last(
+            names in proptest::collection::btree_set("[a-z]{1,4}", 1..40),
+            last in "[a-z]{1,4}",
+        ) {
+            let all: Vec<String> = names.into_iter().collect();
+            let p = page_of(&all, Some(&last), 1000);
+            let want: Vec<String> = all.iter().filter(|t| t.as_str() > last.as_str()).cloned().collect();
+            prop_assert_eq!(p.items, want);
+            prop_assert!(!p.more);
+        }
+    }
 }

@@ -584,7 +584,89 @@ async fn opposite_order_multi_tag_pushes_do_not_deadlock(app: TestApp) {
     }
 }
 
+async fn tag_list_of(app: &TestApp, repo: &str) -> Vec<String> {
+    let v: Value = app
+        .get(&format!("/v2/{repo}/tags/list"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    v["tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Tag lookups and listings are served from memory, yet a change made by the
+/// same server shows at once, and one made by another process (a replica, a
+/// CLI run) within `TAG_CACHE_TTL`.
+async fn cached_tags_follow_changes(app: TestApp) {
+    let repo = "cached";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    let (b, db) = manifest_for(&app, repo, "b").await;
+    assert_eq!(
+        app.put_manifest(repo, "v1", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
+    // Both caches are filled...
+    assert_eq!(
+        digest_of_tag(&app, repo, "v1").await.as_deref(),
+        Some(da.as_str())
+    );
+    assert_eq!(tag_list_of(&app, repo).await, ["v1"]);
+    // ...and a push here shows in the very next listing.
+    assert_eq!(
+        app.put_manifest(repo, "v2", OCI_MANIFEST, &b)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(tag_list_of(&app, repo).await, ["v1", "v2"]);
+    assert_eq!(
+        digest_of_tag(&app, repo, "v2").await.as_deref(),
+        Some(db.as_str())
+    );
+    // Another process, where these tags are mutable, deletes v1 and adds v3.
+    let lax = sibling(&app, |c| {
+        c.immutability.rules = vec![mutable("all", &["**"], &["*"])]
+    })
+    .await;
+    let deleted_at = std::time::Instant::now();
+    assert_eq!(
+        lax.delete(&format!("/v2/{repo}/manifests/v1"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        lax.put_manifest(repo, "v3", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(tag_list_of(&lax, repo).await, ["v2", "v3"]);
+    // This server catches up within the bound.
+    let bound = cairn::service::TAG_CACHE_TTL + std::time::Duration::from_millis(500);
+    loop {
+        let gone = digest_of_tag(&app, repo, "v1").await.is_none();
+        let listed = tag_list_of(&app, repo).await == ["v2", "v3"];
+        if gone && listed {
+            break;
+        }
+        assert!(
+            deleted_at.elapsed() < bound,
+            "still stale after {:?}: v1 gone {gone}, listing {:?}",
+            deleted_at.elapsed(),
+            tag_list_of(&app, repo).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 both!(
+    cached_tags_follow_changes,
     content_behind_an_immutable_tag_cannot_be_deleted,
     opposite_order_multi_tag_pushes_do_not_deadlock,
     rebuilt_buildkit_index_is_equivalent_when_enabled,
