@@ -758,22 +758,50 @@ impl Metadata {
         repository_id: i64,
         digests: &[Digest],
     ) -> Result<Vec<Digest>> {
-        let mut missing = Vec::new();
-        for d in digests {
-            let found = on_read!(self, "missing_blobs", |p| {
-                sqlx::query_scalar::<_, i64>(
-                "SELECT CAST(1 AS BIGINT) FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
-            )
-            .bind(repository_id)
-            .bind(d.as_str())
-            .fetch_optional(p)
+        self.missing_in(repository_id, digests, "repository_blobs", "missing_blobs")
             .await
-            })?;
-            if found.is_none() {
-                missing.push(d.clone());
-            }
+    }
+
+    /// Which of `digests` have no row in `table` (`repository_blobs` or
+    /// `manifests`) for `repository_id`: one query for the whole list, which
+    /// travels as a JSON array.
+    async fn missing_in(
+        &self,
+        repository_id: i64,
+        digests: &[Digest],
+        table: &'static str,
+        op: &'static str,
+    ) -> Result<Vec<Digest>> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(missing)
+        let list = serde_json::to_string(&digests.iter().map(Digest::as_str).collect::<Vec<_>>())
+            .map_err(|e| Error::Corrupt(format!("digest list: {e}")))?;
+        let sql = if self.backend_name() == "postgres" {
+            format!(
+                "SELECT j.d FROM json_array_elements_text($2::json) AS j(d)
+                  WHERE NOT EXISTS (SELECT 1 FROM {table} t
+                                     WHERE t.repository_id = $1 AND t.digest = j.d)"
+            )
+        } else {
+            format!(
+                "SELECT j.value FROM json_each($2) j
+                  WHERE NOT EXISTS (SELECT 1 FROM {table} t
+                                     WHERE t.repository_id = $1 AND t.digest = j.value)"
+            )
+        };
+        let rows = on_read!(self, op, |p| {
+            sqlx::query_scalar::<_, String>(&sql)
+                .bind(repository_id)
+                .bind(list.as_str())
+                .fetch_all(p)
+                .await
+        })?;
+        Ok(digests
+            .iter()
+            .filter(|d| rows.iter().any(|r| r == d.as_str()))
+            .cloned()
+            .collect())
     }
 
     /// Which of `digests` are not manifests of `repository_id`.
@@ -782,22 +810,8 @@ impl Metadata {
         repository_id: i64,
         digests: &[Digest],
     ) -> Result<Vec<Digest>> {
-        let mut missing = Vec::new();
-        for d in digests {
-            let found = on_read!(self, "missing_manifests", |p| {
-                sqlx::query_scalar::<_, i64>(
-                "SELECT CAST(1 AS BIGINT) FROM manifests WHERE repository_id = $1 AND digest = $2"
-            )
-            .bind(repository_id)
-            .bind(d.as_str())
-            .fetch_optional(p)
+        self.missing_in(repository_id, digests, "manifests", "missing_manifests")
             .await
-            })?;
-            if found.is_none() {
-                missing.push(d.clone());
-            }
-        }
-        Ok(missing)
     }
 
     // ---- uploads ------------------------------------------------------------

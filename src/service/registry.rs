@@ -118,6 +118,11 @@ pub struct Registry {
     /// Bumped by every change that can alter a tag: a lookup that started
     /// before a change must not put its (older) answer into a cache after it.
     tag_generation: Arc<AtomicU64>,
+    /// Upload sessions as last counted in the database and when, plus those
+    /// started here since: the session limit is a guard against abuse, so a
+    /// new session is checked against this and the table is counted at most
+    /// every [`UPLOAD_COUNT_TTL`] instead of on every `POST`.
+    upload_count: Arc<std::sync::Mutex<(Option<Instant>, u64)>>,
     /// Provenance extractions allowed to run at once (see `service::provenance`).
     extractions: Arc<tokio::sync::Semaphore>,
 }
@@ -134,6 +139,9 @@ impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
 
 /// Bytes of manifests kept in memory.
 const MANIFEST_CACHE_BYTES: u64 = 32 << 20;
+
+/// How long a count of upload sessions stands in for the table.
+const UPLOAD_COUNT_TTL: Duration = Duration::from_secs(1);
 
 /// Immutable tag bindings kept in memory.
 const TAG_CACHE_ENTRIES: usize = 16_384;
@@ -189,6 +197,7 @@ impl Registry {
                 TagListWeight,
             )),
             tag_generation: Arc::new(AtomicU64::new(0)),
+            upload_count: Arc::new(std::sync::Mutex::new((None, 0))),
             extractions: Arc::new(tokio::sync::Semaphore::new(
                 super::provenance::EXTRACTION_SLOTS,
             )),
@@ -419,10 +428,29 @@ impl Registry {
         repo: &RepoName,
         algorithm: Algorithm,
     ) -> Result<UploadProgress> {
-        if self.limits.max_upload_sessions > 0
-            && self.meta.count_uploads().await? >= self.limits.max_upload_sessions
-        {
-            return Err(Error::TooManyUploads(self.limits.max_upload_sessions));
+        let max = self.limits.max_upload_sessions;
+        if max > 0 {
+            let counted = {
+                let c = self.upload_count.lock().unwrap_or_else(|e| e.into_inner());
+                c.0.filter(|at| at.elapsed() < UPLOAD_COUNT_TTL)
+                    .map(|_| c.1)
+            };
+            let n = match counted {
+                Some(n) => n,
+                None => {
+                    let n = self.meta.count_uploads().await?;
+                    *self.upload_count.lock().unwrap_or_else(|e| e.into_inner()) =
+                        (Some(Instant::now()), n);
+                    n
+                }
+            };
+            if n >= max {
+                return Err(Error::TooManyUploads(max));
+            }
+            self.upload_count
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1 += 1;
         }
         let repo_id = self.meta.ensure_repository(repo).await?;
         let id = uuid::Uuid::now_v7().to_string();
