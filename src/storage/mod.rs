@@ -23,7 +23,6 @@ use object_store::signer::Signer;
 use object_store::{
     GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::domain::{ByteRange, Digest, Hasher};
 
@@ -582,19 +581,48 @@ impl BlobStore {
         };
         let span = result.range.clone();
         match result.payload {
-            GetResultPayload::File(file, _) => {
-                let mut file = tokio::fs::File::from_std(file);
-                file.seek(std::io::SeekFrom::Start(span.start)).await?;
-                let reader = file.take(span.end - span.start);
-                Ok(
-                    tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10)
-                        .map_err(Error::from)
-                        .boxed(),
-                )
-            }
+            GetResultPayload::File(file, _) => Ok(mapped_windows(file, span).boxed()),
             GetResultPayload::Stream(s) => Ok(s.map_err(Error::from).boxed()),
         }
     }
+}
+
+/// Bytes of a blob file mapped, sent and unmapped at a time.
+const WINDOW: u64 = 1 << 20;
+
+/// Streams `span` of a blob file as memory-mapped windows: the socket write
+/// copies straight from the page cache, where a `read` would copy every byte
+/// once more into a buffer first. A window is unmapped when the connection has
+/// written it, so memory stays bounded by the windows in flight, not the blob.
+fn mapped_windows(
+    file: std::fs::File,
+    span: std::ops::Range<u64>,
+) -> impl Stream<Item = Result<Bytes>> + Send {
+    let file = Arc::new(file);
+    futures::stream::iter((span.start..span.end).step_by(WINDOW as usize))
+        .then(move |offset| {
+            let file = file.clone();
+            let len = WINDOW.min(span.end - offset);
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<Bytes> {
+                    // SAFETY: a blob file is immutable once in place: it is
+                    // written under another name, fsynced and renamed, and never
+                    // opened for writing again; garbage collection unlinks it,
+                    // which leaves a live mapping intact. Only a process outside
+                    // Cairn truncating the file could invalidate the mapping.
+                    let map = unsafe {
+                        memmap2::MmapOptions::new()
+                            .offset(offset)
+                            .len(len as usize)
+                            .populate()
+                            .map(&*file)?
+                    };
+                    Ok(Bytes::from_owner(map))
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            }
+        })
 }
 
 /// Concatenates `sources` into `staging`, then renames it to `dest` (the caller
