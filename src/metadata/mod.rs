@@ -962,10 +962,7 @@ impl Metadata {
             if n != 1 {
                 return Ok(FinishOutcome::Gone);
             }
-            sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            // Its upload_parts rows go with it (ON DELETE CASCADE).
             if !insert_blob(&mut *tx, &digest, size).await? {
                 tx.rollback().await?;
                 return Ok(FinishOutcome::Collecting);
@@ -1073,6 +1070,18 @@ impl Metadata {
         };
         let now = now_ms();
         let (m, tags, origin, repo) = (m.clone(), tags.to_vec(), origin.clone(), repo.to_string());
+        // Every statement is a round trip to the driver's thread on SQLite, so
+        // the referenced blobs are read, and linked, in one statement each.
+        let blob_list =
+            serde_json::to_string(&m.blobs.iter().map(Digest::as_str).collect::<Vec<_>>())
+                .map_err(|e| Error::Corrupt(format!("digest list: {e}")))?;
+        let blob_states_sql = if self.backend_name() == "postgres" {
+            "SELECT digest, state, touched_at FROM blobs
+              WHERE digest IN (SELECT json_array_elements_text($1::json))"
+        } else {
+            "SELECT digest, state, touched_at FROM blobs
+              WHERE digest IN (SELECT value FROM json_each($1))"
+        };
         let outcome = on_batched_write!(self, "put_manifest", |c| {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
@@ -1086,21 +1095,23 @@ impl Metadata {
             // garbage collection claims only blobs untouched for its grace
             // period, so either it claimed one first (and this push fails here)
             // or it will see this reference.
+            let states: Vec<(String, String, i64)> = if m.touch_fresh_ms > 0 && !m.blobs.is_empty()
+            {
+                sqlx::query_as(blob_states_sql)
+                    .bind(blob_list.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?
+            } else {
+                Vec::new()
+            };
             for b in &m.blobs {
-                if m.touch_fresh_ms > 0 {
-                    let row = sqlx::query_as::<_, (String, i64)>(
-                        "SELECT state, touched_at FROM blobs WHERE digest = $1",
-                    )
-                    .bind(b.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    // A collection can claim it only once it is `grace` old,
-                    // and this push commits long before half of that passes.
-                    if let Some((state, at)) = &row {
-                        if state == "live" && now - at < m.touch_fresh_ms {
-                            continue;
-                        }
-                    }
+                // A collection can claim a blob only once it is `grace` old,
+                // and this push commits long before half of that passes.
+                let fresh = states.iter().any(|(d, state, at)| {
+                    d == b.as_str() && state == "live" && now - at < m.touch_fresh_ms
+                });
+                if fresh {
+                    continue;
                 }
                 let touched = sqlx::query(
                     "UPDATE blobs SET touched_at = $1, touches = touches + 1
@@ -1145,16 +1156,20 @@ impl Metadata {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            for b in &m.blobs {
-                sqlx::query(
+            for group in m.blobs.chunks(500) {
+                let rows: Vec<String> = (0..group.len())
+                    .map(|i| format!("($1, $2, ${})", i + 3))
+                    .collect();
+                let sql = format!(
                     "INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest)
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                )
-                .bind(repository_id)
-                .bind(digest)
-                .bind(b.as_str())
-                .execute(&mut *tx)
-                .await?;
+                     VALUES {} ON CONFLICT DO NOTHING",
+                    rows.join(", ")
+                );
+                let mut q = sqlx::query(&sql).bind(repository_id).bind(digest);
+                for b in group {
+                    q = q.bind(b.as_str());
+                }
+                q.execute(&mut *tx).await?;
             }
             for c in &m.children {
                 sqlx::query(

@@ -599,30 +599,29 @@ fn mapped_windows(
     span: std::ops::Range<u64>,
 ) -> impl Stream<Item = Result<Bytes>> + Send {
     let file = Arc::new(file);
-    futures::stream::iter((span.start..span.end).step_by(WINDOW as usize))
-        .then(move |offset| {
-            let file = file.clone();
-            let len = WINDOW.min(span.end - offset);
-            async move {
-                tokio::task::spawn_blocking(move || -> Result<Bytes> {
-                    // SAFETY: a blob file is immutable once in place: it is
-                    // written under another name, fsynced and renamed, and never
-                    // opened for writing again; garbage collection unlinks it,
-                    // which leaves a live mapping intact. Only a process outside
-                    // Cairn truncating the file could invalidate the mapping.
-                    let map = unsafe {
-                        memmap2::MmapOptions::new()
-                            .offset(offset)
-                            .len(len as usize)
-                            .populate()
-                            .map(&*file)?
-                    };
-                    Ok(Bytes::from_owner(map))
-                })
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?
-            }
-        })
+    futures::stream::iter((span.start..span.end).step_by(WINDOW as usize)).then(move |offset| {
+        let file = file.clone();
+        let len = WINDOW.min(span.end - offset);
+        async move {
+            tokio::task::spawn_blocking(move || -> Result<Bytes> {
+                // SAFETY: a blob file is immutable once in place: it is
+                // written under another name, fsynced and renamed, and never
+                // opened for writing again; garbage collection unlinks it,
+                // which leaves a live mapping intact. Only a process outside
+                // Cairn truncating the file could invalidate the mapping.
+                let map = unsafe {
+                    memmap2::MmapOptions::new()
+                        .offset(offset)
+                        .len(len as usize)
+                        .populate()
+                        .map(&*file)?
+                };
+                Ok(Bytes::from_owner(map))
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        }
+    })
 }
 
 /// Concatenates `sources` into `staging`, then renames it to `dest` (the caller
