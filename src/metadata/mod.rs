@@ -405,14 +405,19 @@ impl Metadata {
                     std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
                 }
             }
+            // No ping before handing out a connection: a SQLite connection is
+            // a file handle that cannot go stale, and each ping is one more
+            // round trip to the driver's thread.
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(opts.acquire_timeout)
+                .test_before_acquire(false)
                 .connect_with(co.clone())
                 .await?;
             let read = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(2))
                 .acquire_timeout(opts.acquire_timeout)
+                .test_before_acquire(false)
                 .connect_with(co.read_only(true))
                 .await?;
             let batcher = batch::Batcher::start(write.clone());
