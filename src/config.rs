@@ -54,8 +54,16 @@ pub struct StorageConfig {
     pub s3: S3Config,
     /// Seconds one request to a remote store (S3, GCS, Azure) may take, from
     /// connecting until its response body is read; a timed-out request is
-    /// retried, then the client gets `503`.
+    /// retried, then the client gets `503`. For the long transfers (see
+    /// `transfer_timeout_secs`): seconds without a byte, or until the store
+    /// starts answering.
     pub timeout_secs: u64,
+    /// Seconds one long transfer to or from a remote store may take in all: a
+    /// blob streamed to a client, a multipart part or the completion of a
+    /// multipart upload, a server-side copy. S3 documents that completing a
+    /// multi-GiB upload can take minutes, and a pull lasts as long as the
+    /// client reads.
+    pub transfer_timeout_secs: u64,
     /// Seconds to establish a connection to a remote store.
     pub connect_timeout_secs: u64,
     /// Retries of a failed request to a remote store.
@@ -319,6 +327,7 @@ impl Default for Config {
                 url: "file://./data/blobs".into(),
                 s3: S3Config::default(),
                 timeout_secs: 30,
+                transfer_timeout_secs: 3600,
                 connect_timeout_secs: 5,
                 max_retries: 3,
                 retry_timeout_secs: 10,
@@ -488,6 +497,7 @@ impl Config {
         let s = &self.storage;
         crate::storage::Outbound {
             timeout: Duration::from_secs(s.timeout_secs.max(1)),
+            transfer_timeout: Duration::from_secs(s.transfer_timeout_secs.max(1)),
             connect_timeout: Duration::from_secs(s.connect_timeout_secs.max(1)),
             max_retries: s.max_retries,
             retry_timeout: Duration::from_secs(s.retry_timeout_secs),

@@ -79,6 +79,10 @@ pub struct Outbound {
     /// streamed download that takes longer resumes where it stopped with a new
     /// request (while retries remain).
     pub timeout: std::time::Duration,
+    /// One long transfer in all (a streamed read, a multipart part or its
+    /// completion, a copy); a streamed read also fails after `timeout` without
+    /// a byte.
+    pub transfer_timeout: std::time::Duration,
     /// Establishing a connection.
     pub connect_timeout: std::time::Duration,
     /// Retries of a failed request (connection refused, timeout, 5xx), with
@@ -92,6 +96,7 @@ impl Default for Outbound {
     fn default() -> Self {
         Outbound {
             timeout: std::time::Duration::from_secs(30),
+            transfer_timeout: std::time::Duration::from_secs(3600),
             connect_timeout: std::time::Duration::from_secs(5),
             max_retries: 3,
             retry_timeout: std::time::Duration::from_secs(10),
@@ -179,6 +184,12 @@ pub struct StoredPart {
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store for long transfers: multipart uploads, copies and
+    /// streamed reads, bounded by `Outbound::transfer_timeout` in all (and
+    /// reads by `idle` between bytes) instead of the per-request timeout.
+    bulk: Arc<dyn ObjectStore>,
+    /// How long a remote read may wait for its answer or its next bytes.
+    idle: std::time::Duration,
     /// Size of the parts streamed to the object store; bounds per-upload memory.
     part_size: usize,
     /// Root directory when the store is the local filesystem: object_store does
@@ -215,6 +226,7 @@ impl BlobStore {
         };
         let mut local_root = None;
         let mut signer: Option<(Arc<dyn Signer>, Path)> = None;
+        let mut bulk: Option<Arc<dyn ObjectStore>> = None;
         let (store, part_size): (Arc<dyn ObjectStore>, usize) = match parsed.scheme() {
             "file" => {
                 let path = parsed
@@ -238,20 +250,32 @@ impl BlobStore {
                     .collect();
                 let (scheme, prefix) = object_store::ObjectStoreScheme::parse(&parsed)
                     .map_err(|e| bad(e.to_string()))?;
-                let (store, s3) = remote_store(scheme, &parsed, opts, outbound)
+                let (store, s3) = remote_store(scheme.clone(), &parsed, opts.clone(), outbound)
                     .map_err(|e| bad(e.to_string()))?;
+                let long = Outbound {
+                    timeout: outbound.transfer_timeout,
+                    ..outbound.clone()
+                };
+                let (long, _) =
+                    remote_store(scheme, &parsed, opts, &long).map_err(|e| bad(e.to_string()))?;
                 // The concrete `AmazonS3` can also sign URLs (redirected pulls).
                 signer = s3.map(|s3| (s3 as Arc<dyn Signer>, prefix.clone()));
-                let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-                    store
-                } else {
-                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                let under_prefix = |s: Arc<dyn ObjectStore>| -> Arc<dyn ObjectStore> {
+                    if prefix.as_ref().is_empty() {
+                        s
+                    } else {
+                        Arc::new(object_store::prefix::PrefixStore::new(s, prefix.clone()))
+                    }
                 };
+                bulk = Some(under_prefix(long));
+                let store = under_prefix(store);
                 // Multipart parts must be at least 5 MiB on S3.
                 (store, 8 << 20)
             }
         };
         Ok(BlobStore {
+            bulk: bulk.unwrap_or_else(|| store.clone()),
+            idle: outbound.timeout,
             store,
             part_size,
             local_root,
@@ -371,7 +395,7 @@ impl BlobStore {
                         buffered += chunk.len();
                         first.push(chunk);
                         if buffered >= self.part_size {
-                            let upload = self.store.put_multipart(path).await?;
+                            let upload = self.bulk.put_multipart(path).await?;
                             let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
                             for b in first.drain(..) {
                                 w.put(b);
@@ -416,7 +440,7 @@ impl BlobStore {
                 self.store.put(&target, PutPayload::new()).await?;
             }
             [one] => {
-                self.store
+                self.bulk
                     .rename(&Path::from(one.key.clone()), &target)
                     .await?;
             }
@@ -468,7 +492,7 @@ impl BlobStore {
         let placed = if total == 0 {
             self.store.put(&target, PutPayload::new()).await.map(|_| ())
         } else {
-            self.store.rename(&staging, &target).await
+            self.bulk.rename(&staging, &target).await
         };
         if let Err(e) = placed {
             let _ = self.store.delete(&staging).await;
@@ -479,12 +503,19 @@ impl BlobStore {
     }
 
     fn concat(&self, parts: &[StoredPart]) -> ByteStream {
-        let store = self.store.clone();
+        let store = self.bulk.clone();
+        let idle = self.idle;
         let keys: Vec<Path> = parts.iter().map(|p| Path::from(p.key.clone())).collect();
         futures::stream::iter(keys)
             .then(move |k| {
                 let store = store.clone();
-                async move { Ok::<_, Error>(store.get(&k).await?.into_stream().map_err(Error::from)) }
+                async move {
+                    let r = within(idle, store.get(&k)).await?;
+                    Ok::<_, Error>(idle_limited(
+                        r.into_stream().map_err(Error::from).boxed(),
+                        idle,
+                    ))
+                }
             })
             .try_flatten()
             .boxed()
@@ -572,19 +603,57 @@ impl BlobStore {
             range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)),
             ..Default::default()
         };
-        let result = match self.store.get_opts(&Self::blob_path(digest), opts).await {
+        let path = Self::blob_path(digest);
+        let result = match within(self.idle, self.bulk.get_opts(&path, opts)).await {
             Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => {
+            Err(Error::ObjectStore(object_store::Error::NotFound { .. })) => {
                 return Err(Error::NotFound(digest.to_string()))
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let span = result.range.clone();
         match result.payload {
             GetResultPayload::File(file, _) => Ok(mapped_windows(file, span).boxed()),
-            GetResultPayload::Stream(s) => Ok(s.map_err(Error::from).boxed()),
+            GetResultPayload::Stream(s) => {
+                Ok(idle_limited(s.map_err(Error::from).boxed(), self.idle))
+            }
         }
     }
+}
+
+/// `request`, failed as timed out when the store has not answered in `idle`
+/// (the long-transfer client's own limit is much longer).
+async fn within<T>(
+    idle: std::time::Duration,
+    request: impl std::future::Future<Output = object_store::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(idle, request).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the object store did not answer within {idle:?}"),
+        ))),
+    }
+}
+
+/// Ends `stream` with a timed-out error when no bytes come for `idle`: a long
+/// download may go on as long as the client reads, but not stall.
+fn idle_limited(stream: ByteStream, idle: std::time::Duration) -> ByteStream {
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item, Some(s))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the object store sent nothing for {idle:?}"),
+                ))),
+                None,
+            )),
+        }
+    })
+    .boxed()
 }
 
 /// Bytes of a blob file mapped, sent and unmapped at a time.

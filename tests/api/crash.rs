@@ -4,8 +4,6 @@
 //! acknowledged is pullable with the right digest, no tag points at a missing
 //! manifest, no manifest at a missing blob, and no partial blob is visible.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,63 +11,20 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::Value;
 
-use crate::helpers::{fresh_postgres_db, image_manifest, sha256, OCI_MANIFEST};
+use crate::helpers::{fresh_postgres_db, image_manifest, sha256, Serve, OCI_MANIFEST};
 
 const REPO: &str = "crash/app";
 const KILLS: usize = 50;
 
-/// A server process, killed when dropped (also when an assertion fails).
-struct Running(Child);
-
-impl Running {
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// `cairn serve` in `dir` (SQLite there, or `database`), on a fresh port.
-fn start(dir: &std::path::Path, database: Option<&str>) -> (Running, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.arg("serve")
-        .current_dir(dir)
-        .env("CAIRN_LISTEN", "127.0.0.1:0")
-        .env("CAIRN_LOG__FORMAT", "json")
-        .env("CAIRN_LOG__LEVEL", "info")
-        .env("CAIRN_GC__INTERVAL_SECS", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+fn start(dir: &std::path::Path, database: Option<&str>) -> (Serve, String) {
+    let mut env = vec![("CAIRN_GC__INTERVAL_SECS", "0")];
     if let Some(url) = database {
-        cmd.env("CAIRN_DATABASE__URL", url);
+        env.push(("CAIRN_DATABASE__URL", url));
     }
-    let mut child = cmd.spawn().expect("start cairn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            panic!(
-                "cairn exited before listening ({status}); its log:\n{}",
-                seen.join("\n")
-            );
-        };
-        let line = line.expect("read log");
-        let v: Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(a) = v["fields"]["address"].as_str() {
-            break a.to_string();
-        }
-        seen.push(line);
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Running(child), format!("http://{addr}"))
+    let s = Serve::start(dir, &env);
+    let base = s.base.clone();
+    (s, base)
 }
 
 /// What the server acknowledged.

@@ -426,3 +426,66 @@ macro_rules! both {
         )*
     };
 }
+
+/// A `cairn serve` child process, killed (SIGKILL) and reaped when dropped,
+/// also when an assertion fails.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Serve {
+    /// Starts `cairn serve` in `dir` on a free loopback port, with JSON logs and
+    /// `env` on top, and returns once it listens. A server that exits first
+    /// fails the test with its log.
+    pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Serve {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("serve")
+            .current_dir(dir)
+            .env("CAIRN_LISTEN", "127.0.0.1:0")
+            .env("CAIRN_LOG__FORMAT", "json")
+            .env("CAIRN_LOG__LEVEL", "info")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start cairn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let addr = loop {
+            let Some(line) = lines.next() else {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                panic!(
+                    "cairn exited before listening ({status}); its log:\n{}",
+                    seen.join("\n")
+                );
+            };
+            let line = line.expect("read log");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(a) = v["fields"]["address"].as_str() {
+                break a.to_string();
+            }
+            seen.push(line);
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Serve {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,17 +1,18 @@
 //! Tests of the `cairn` binary as an operator runs it: a child process with its
 //! own memory, signals and configuration.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+use crate::helpers::Serve;
+
 /// A `cairn serve` child process on a free loopback port.
 struct Server {
-    child: Child,
+    serve: Serve,
     base: String,
     _dir: tempfile::TempDir,
 }
@@ -24,54 +25,25 @@ impl Server {
     /// Starts `cairn serve` with extra `CAIRN_*` settings.
     fn start_with(env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .envs(env.iter().copied())
-            .env("CAIRN_LISTEN", "127.0.0.1:0")
-            .env("CAIRN_LOG__FORMAT", "json")
-            .env("CAIRN_SHUTDOWN_TIMEOUT_SECS", "20")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cairn");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("cairn exited before listening")
-                .expect("read log");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(a) = v["fields"]["address"].as_str() {
-                break a.to_string();
-            }
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let mut all = vec![("CAIRN_SHUTDOWN_TIMEOUT_SECS", "20")];
+        all.extend_from_slice(env);
+        let s = Serve::start(dir.path(), &all);
         Server {
-            child,
-            base: format!("http://{addr}"),
+            base: s.base.clone(),
+            serve: s,
             _dir: dir,
         }
     }
 
     /// Peak resident memory of the server so far, in KiB.
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.serve.child.id()))
             .expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -189,7 +161,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     });
     tokio::time::sleep(Duration::from_millis(250)).await;
     let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &server.serve.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -197,7 +169,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     // New connections are refused once the server has drained.
     let mut server = server;
     let exit = tokio::task::spawn_blocking(move || {
-        let s = server.child.wait().expect("wait");
+        let s = server.serve.child.wait().expect("wait");
         (s, server)
     })
     .await
@@ -341,7 +313,7 @@ async fn request_spans_are_exported_over_otlp() {
     }
     // A graceful stop flushes the batch of spans.
     let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &server.serve.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -398,7 +370,7 @@ async fn disconnects_mid_transfer_leak_no_file_handles() {
         .expect("push");
     assert_eq!(r.status(), 201);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = open_fds(server.child.id());
+    let before = open_fds(server.serve.child.id());
 
     let mut sessions = Vec::new();
     for i in 0..40 {
@@ -436,7 +408,7 @@ async fn disconnects_mid_transfer_leak_no_file_handles() {
     // Give the server a moment to notice the closed sockets.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let after = loop {
-        let n = open_fds(server.child.id());
+        let n = open_fds(server.serve.child.id());
         if n <= before + 4 || std::time::Instant::now() > deadline {
             break n;
         }

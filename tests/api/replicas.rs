@@ -5,82 +5,41 @@
 //! middle of concurrent pushes, and the survivors serve everything that was
 //! acknowledged and resume uploads the dead one had started. Also: what one
 //! replica changes (a mutable tag moved, a manifest deleted) the others serve
-//! at once, since no replica caches a tag or a repository's contents.
+//! at once, since no replica caches a mutable tag or a repository's contents.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::policy::{Mutability, RuleSpec};
-use serde_json::Value;
 
 use crate::helpers::{
-    error_code, fresh_postgres_db, fresh_s3_bucket, image_manifest, s3_endpoint, sha256, Db,
+    error_code, fresh_postgres_db, fresh_s3_bucket, image_manifest, s3_endpoint, sha256, Db, Serve,
     TestApp, OCI_MANIFEST,
 };
-
-/// A `cairn serve` process, SIGKILLed when dropped (also when an assertion fails).
-struct Replica {
-    child: Child,
-    base: String,
-}
-
-impl Replica {
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Starts `cairn serve` on a free port with its metadata at `database` and its
 /// blobs under `registry/` in `bucket`; returns once it listens.
 fn start(dir: &std::path::Path, database: &str, endpoint: &str, bucket: &str) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("serve")
-        .current_dir(dir)
-        .env("CAIRN_LISTEN", "127.0.0.1:0")
-        .env("CAIRN_LOG__FORMAT", "json")
-        .env("CAIRN_LOG__LEVEL", "info")
-        .env("CAIRN_DATABASE__URL", database)
-        .env("CAIRN_STORAGE__URL", format!("s3://{bucket}/registry"))
-        .env("CAIRN_STORAGE__S3__ENDPOINT", endpoint)
-        .env("CAIRN_STORAGE__S3__REGION", "us-east-1")
-        .env("CAIRN_STORAGE__S3__PATH_STYLE", "true")
-        .env("CAIRN_STORAGE__S3__ALLOW_HTTP", "true")
-        .env("CAIRN_STORAGE__S3__ACCESS_KEY_ID", "cairn-test")
-        .env("CAIRN_STORAGE__S3__SECRET_ACCESS_KEY", "cairn-test-secret")
-        .env("CAIRN_GC__INTERVAL_SECS", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cairn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("cairn exited before listening")
-            .expect("read log");
-        let v: Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(a) = v["fields"]["address"].as_str() {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Replica {
-        child,
-        base: format!("http://{addr}"),
-    }
+    let url = format!("s3://{bucket}/registry");
+    Serve::start(
+        dir,
+        &[
+            ("CAIRN_DATABASE__URL", database),
+            ("CAIRN_STORAGE__URL", &url),
+            ("CAIRN_STORAGE__S3__ENDPOINT", endpoint),
+            ("CAIRN_STORAGE__S3__REGION", "us-east-1"),
+            ("CAIRN_STORAGE__S3__PATH_STYLE", "true"),
+            ("CAIRN_STORAGE__S3__ALLOW_HTTP", "true"),
+            ("CAIRN_STORAGE__S3__ACCESS_KEY_ID", "cairn-test"),
+            ("CAIRN_STORAGE__S3__SECRET_ACCESS_KEY", "cairn-test-secret"),
+            ("CAIRN_GC__INTERVAL_SECS", "0"),
+        ],
+    )
 }
+
+/// A replica: a `cairn serve` process.
+type Replica = Serve;
 
 /// Three replicas on a fresh database and bucket (started one after the
 /// other: each applies migrations on start).

@@ -406,6 +406,59 @@ async fn object_store_slow(db: Db) {
     app.push_image("faults/slow", "v2", b"fast again").await;
 }
 
+/// A store that is slow but keeps sending: transfers that take longer in all
+/// than one request may (`timeout_secs`, 2 s here) still complete, since only
+/// a stall fails them. A 600 KiB pull and a 9 MiB push (a multipart upload of
+/// two parts, then a server-side copy) each take several seconds here.
+async fn object_store_slow_but_steady(db: Db) {
+    let (app, proxy) = s3_behind_proxy(db).await;
+    let small = blob_data("steady", 600 << 10);
+    let (r, _) = push_blob(&app, "faults/steady", &small).await;
+    assert_eq!(r.status(), 201);
+
+    // Each 16 KiB the proxy forwards waits 100 ms: about 40 reads for the pull.
+    proxy.slow(Duration::from_millis(100));
+    let (r, _) = send(app.req(
+        Method::GET,
+        &format!("/v2/faults/steady/blobs/{}", sha256(&small)),
+    ))
+    .await;
+    let started = Instant::now();
+    assert_eq!(r.status(), 200, "slow pull");
+    let body = r.bytes().await.expect("the whole body");
+    let took = started.elapsed();
+    eprintln!("slow but steady pull of {} bytes: {took:?}", body.len());
+    assert_eq!(sha256(&body), sha256(&small));
+    assert!(
+        took > Duration::from_secs(2),
+        "the transfer took {took:?}, not longer than one request may: the test proves nothing"
+    );
+
+    proxy.slow(Duration::from_millis(15));
+    let big = blob_data("steady-big", 9 << 20);
+    let started = Instant::now();
+    let (r, _) = push_blob(&app, "faults/steady", &big).await;
+    let took = started.elapsed();
+    eprintln!(
+        "slow but steady push of {} bytes: {:?} after {took:?}",
+        big.len(),
+        r.status()
+    );
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert!(took > Duration::from_secs(2), "the push took {took:?}");
+    proxy.restore();
+    let r = app
+        .get(&format!("/v2/faults/steady/blobs/{}", sha256(&big)))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), sha256(&big));
+}
+
+#[tokio::test]
+async fn s3_slow_but_steady_transfers_complete() {
+    object_store_slow_but_steady(Db::Sqlite).await
+}
+
 mod s3_cut {
     #[tokio::test]
     async fn sqlite() {
