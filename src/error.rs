@@ -272,6 +272,8 @@ impl From<service::Error> for ApiError {
                 .with_header(header::RETRY_AFTER, "10".to_string()),
             E::Collecting(_) => ApiError::new(Code::Unavailable, msg)
                 .with_header(header::RETRY_AFTER, "1".to_string()),
+            E::JobBusy(_) => ApiError::new(Code::Unavailable, msg)
+                .with_header(header::RETRY_AFTER, "10".to_string()),
             E::Invalid(_) => {
                 ApiError::new(Code::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
             }

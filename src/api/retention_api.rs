@@ -22,6 +22,7 @@ use super::tags_api::bad_request;
 use super::{number, origin, AppState, Query};
 use crate::domain::{Reference, RepoName};
 use crate::error::{ApiError, Code};
+use crate::service::Job;
 
 /// Largest JSON body these endpoints read.
 const BODY_LIMIT: usize = 64 << 10;
@@ -218,7 +219,13 @@ pub(super) async fn apply(State(state): State<Arc<AppState>>, req: Request) -> R
                     .id
             }
         };
-        let report = state.registry.retention_apply(&id, &o, |_, _| {}).await?;
+        let report = state
+            .registry
+            .exclusively(
+                Job::Retention,
+                state.registry.retention_apply(&id, &o, |_, _| {}),
+            )
+            .await?;
         if let Some(m) = &state.metrics {
             m.retention_applied(report.deleted.len() as u64, report.refused.len() as u64);
         }
@@ -240,7 +247,12 @@ pub(super) async fn gc(State(state): State<Arc<AppState>>, req: Request) -> Resp
     };
     match state
         .registry
-        .collect_garbage(state.gc_grace, Duration::ZERO, dry_run, |_, _| {})
+        .exclusively(
+            Job::GarbageCollection,
+            state
+                .registry
+                .collect_garbage(state.gc_grace, Duration::ZERO, dry_run, |_, _| {}),
+        )
         .await
     {
         Ok(r) => {

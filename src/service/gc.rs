@@ -27,7 +27,37 @@ pub struct GcReport {
 
 const BATCH: u32 = 500;
 
+/// How long a manual run waits for a job's lock before answering `503`.
+pub const JOB_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 impl Registry {
+    /// Runs `run` holding `job`'s lock, the one every replica's scheduled run
+    /// takes (`metadata::jobs`), so a run asked for through the API never
+    /// overlaps a scheduled one, a `cairn` command or another API call. Waits
+    /// up to [`JOB_LOCK_WAIT`] for another holder to finish, then gives up
+    /// having done nothing.
+    pub async fn exclusively<T>(
+        &self,
+        job: crate::metadata::Job,
+        run: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let deadline = std::time::Instant::now() + JOB_LOCK_WAIT;
+        let lock = loop {
+            if let Some(lock) = self.metadata().try_job_lock(job).await? {
+                break lock;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(super::Error::JobBusy(job.as_str()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let out = run.await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(job = job.as_str(), error = %e, "could not release the job lock");
+        }
+        out
+    }
+
     /// Collects unreferenced blobs older than `grace` and cancels upload
     /// sessions idle for `upload_ttl` (zero: none); `progress(blobs, bytes)`
     /// after each batch. Any number of collections may run at once, here or on

@@ -15,8 +15,11 @@ mod registry;
 mod retention;
 mod stats;
 
+/// The jobs a manual run takes the lock of (see [`Registry::exclusively`]).
+pub use crate::metadata::Job;
 pub use console::{Activity, ConsolePage, MAX_CONFIG_BYTES};
 pub use gc::GcReport;
+pub use gc::JOB_LOCK_WAIT;
 pub use provenance::{IngestedStatement, EXTRACTION_SLOTS, MAX_ATTESTATION_BYTES};
 pub use pull_stats::{FlushFailed, PullStats};
 pub use registry::{
@@ -95,6 +98,12 @@ pub enum Error {
     /// a grace period shorter than the request); retrying succeeds.
     #[error("{0} is being garbage-collected; retry the request")]
     Collecting(String),
+    /// A manual run of a job (garbage collection, retention) found it running
+    /// elsewhere (a replica's scheduled run, a `cairn` command) for too long.
+    #[error(
+        "{0} is running on another replica or in a `cairn` command; retry when it has finished"
+    )]
+    JobBusy(&'static str),
     /// The registry holds as many open upload sessions as it allows.
     #[error("the registry already has {0} upload sessions in progress; finish or cancel some, or retry later")]
     TooManyUploads(u64),

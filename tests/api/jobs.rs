@@ -184,3 +184,61 @@ async fn manual_gc_and_retention_apply_take_the_job_lock() {
     }
     assert_eq!(app.head(&path).await.status(), 404, "collected by hand");
 }
+
+/// `POST /api/v1/gc` and `POST /api/v1/retention/apply` take the same lock: while
+/// another replica holds it they wait, answer `503 UNAVAILABLE` with
+/// `Retry-After` after `JOB_LOCK_WAIT` having done nothing, and run once it is
+/// free, also when it is freed while they wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_gc_and_retention_apply_take_the_job_lock() {
+    let app = TestApp::spawn_with(Db::Postgres, |c| {
+        c.gc.interval_secs = 0;
+        c.gc.grace_secs = 0;
+    })
+    .await;
+    let digest = app
+        .push_blob("jobs/api", b"collect me through the API")
+        .await;
+    let path = format!("/v2/jobs/api/blobs/{digest}");
+    let replica = App::build(&app.config).await.expect("a replica");
+    let wait = cairn::service::JOB_LOCK_WAIT;
+    for (job, route) in [
+        (Job::GarbageCollection, "/api/v1/gc"),
+        (Job::Retention, "/api/v1/retention/apply"),
+    ] {
+        let lock = replica
+            .registry()
+            .metadata()
+            .try_job_lock(job)
+            .await
+            .unwrap()
+            .expect("the replica takes the lock");
+        let started = std::time::Instant::now();
+        let r = app.req(reqwest::Method::POST, route).send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{route} while a replica holds the lock");
+        assert!(took >= wait, "{route} gave up after {took:?}");
+        assert_eq!(r.headers()["retry-after"], "10");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("UNAVAILABLE") && body.contains("another replica"),
+            "{body}"
+        );
+        if job == Job::GarbageCollection {
+            assert_eq!(app.head(&path).await.status(), 200, "nothing collected");
+        }
+        // Freed while the request waits: it runs.
+        let call = {
+            let req = app.req(reqwest::Method::POST, route);
+            tokio::spawn(async move { req.send().await.unwrap().status() })
+        };
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        lock.release().await.unwrap();
+        assert_eq!(call.await.unwrap(), 200, "{route} once the lock is free");
+    }
+    assert_eq!(
+        app.head(&path).await.status(),
+        404,
+        "collected through the API"
+    );
+}
