@@ -587,9 +587,10 @@ fn mutable(tags: &[&str]) -> RuleSpec {
 /// Two replicas (two `App`s, each with its own caches) on one database: a
 /// mutable tag moved on one is served with its new digest by the other at
 /// once, and a manifest deleted on one is gone from the other at once. The
-/// bound documented in ARCHITECTURE.md (*Caches across replicas*) is zero:
-/// tags and repository contents are read from the database on every request;
-/// only content-addressed manifest bytes are cached.
+/// bound documented in ARCHITECTURE.md (*Caches across replicas*) is zero for
+/// these: mutable tags and repository contents are read from the database on
+/// every request. (Immutable tags' bindings and tag lists are cached for up to
+/// 1 s: `immutability::cached_tags_follow_changes`.)
 #[tokio::test]
 async fn what_one_replica_changes_the_other_serves_at_once() {
     let a = TestApp::spawn_with(Db::Postgres, |c| {
