@@ -889,8 +889,9 @@ impl Registry {
         {
             PutOutcome::Stored(events) => {
                 if !bindings.is_empty() {
-                    self.tag_generation.fetch_add(1, Ordering::AcqRel);
-                    self.tag_lists.remove(repo);
+                    // A push only adds or moves tags: cached immutable
+                    // bindings stay right, only the listing changes.
+                    self.forget_tag_list(repo);
                 }
                 let tags: Vec<Tag> = bindings.iter().map(|b| b.tag.clone()).collect();
                 self.extract_provenance(repo, &digest, &tags, bytes.clone(), origin);
@@ -1027,11 +1028,17 @@ impl Registry {
         Ok(record)
     }
 
+    /// Forgets `repo`'s cached tag list, and stops lookups already under way
+    /// from caching what they read before the change.
+    fn forget_tag_list(&self, repo: &RepoName) {
+        self.tag_generation.fetch_add(1, Ordering::AcqRel);
+        self.tag_lists.remove(repo);
+    }
+
     /// Forgets what is cached about tags: called after any change that can
     /// add, move or remove one.
     pub(super) fn forget_tags(&self, repo: &RepoName) {
-        self.tag_generation.fetch_add(1, Ordering::AcqRel);
-        self.tag_lists.remove(repo);
+        self.forget_tag_list(repo);
         // Bindings are cached only for immutable tags, which only deletes
         // remove; those are rare enough to start over.
         self.tags.clear();
