@@ -101,8 +101,12 @@ async fn shoot(c: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).expect("write screenshot");
 }
 
+/// The text of the first element matching `css`, waiting up to 10 s for it to
+/// appear: a form submission or a script may still be rendering it.
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    c.wait()
+        .at_most(std::time::Duration::from_secs(10))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
         .text()
