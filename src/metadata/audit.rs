@@ -180,21 +180,11 @@ pub struct BrokenLink {
 /// Appends `entries` inside the caller's transaction, as pending entries: they
 /// commit or roll back with the change they record, and [`Metadata::audit_seal`]
 /// chains them later. Takes no lock that other writers wait for.
-pub(super) async fn append<C, DB>(
-    conn: &mut C,
+pub(super) async fn append<E: super::exec::Exec + ?Sized>(
+    conn: &mut E,
     origin: &Origin,
     entries: &[AuditEntry],
-) -> std::result::Result<(), sqlx::Error>
-where
-    C: Send,
-    DB: sqlx::Database,
-    for<'c> &'c mut C: sqlx::Executor<'c, Database = DB>,
-    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
+) -> std::result::Result<(), sqlx::Error> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -217,22 +207,23 @@ where
         sql.push(')');
     }
     let at = now_ms();
-    let mut q = sqlx::query::<DB>(&sql);
+    let mut values = Vec::with_capacity(entries.len() * FIELDS);
     for e in entries {
-        q = q
-            .bind(at)
-            .bind(origin.actor.as_str())
-            .bind(origin.client.as_deref())
-            .bind(e.action)
-            .bind(e.repository.as_deref())
-            .bind(e.tag.as_deref())
-            .bind(e.digest.as_deref())
-            .bind(e.result)
-            .bind(e.detail.as_ref().map(|d| d.to_string()))
-            .bind(origin.request_id.as_deref())
-            .bind(origin.user_agent.as_deref());
+        values.extend(super::exec::args![
+            at,
+            origin.actor.as_str(),
+            origin.client.as_deref(),
+            e.action,
+            e.repository.as_deref(),
+            e.tag.as_deref(),
+            e.digest.as_deref(),
+            e.result,
+            e.detail.as_ref().map(|d| d.to_string()),
+            origin.request_id.as_deref(),
+            origin.user_agent.as_deref(),
+        ]);
     }
-    q.execute(&mut *conn).await?;
+    conn.execute(&sql, values).await?;
     Ok(())
 }
 
@@ -391,9 +382,8 @@ impl Metadata {
     pub async fn audit_append(&self, origin: &Origin, entries: &[AuditEntry]) -> Result<()> {
         let (origin, entries) = (origin.clone(), entries.to_vec());
         on_batched_write!(self, "audit_append", |c| {
-            let mut tx = c.begin().await?;
-            append(&mut *tx, &origin, &entries).await?;
-            tx.commit().await
+            append(c, &origin, &entries).await?;
+            Ok::<_, sqlx::Error>(super::exec::Change::Commit(()))
         })?;
         Ok(())
     }

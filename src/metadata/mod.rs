@@ -19,6 +19,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::domain::{Digest, RepoName, Tag};
 use crate::storage::StoredPart;
+use exec::{args, Val};
 
 /// Errors of the metadata layer. Database text never reaches clients.
 #[derive(Debug, thiserror::Error)]
@@ -141,22 +142,24 @@ impl BeginWrite<sqlx::Postgres> for PgPool {
     }
 }
 
-/// Runs `$body`, an async body returning `Result<T, sqlx::Error>`, with `$c`
-/// bound to a connection that may write; the body opens its own transaction
-/// with `$c.begin()` and commits or rolls it back. On SQLite the change joins
-/// the next group commit (see [`batch`]), so everything it captures must be
-/// owned; on PostgreSQL it runs on a pooled connection of its own (the server
-/// groups concurrent commits itself).
+/// Runs `$body`, an async body returning `Result<Change<T>, sqlx::Error>`,
+/// with `$c` bound to an [`Exec`] inside a transaction of the change's own; the
+/// body's [`Change`] says whether its writes are kept. On SQLite the change
+/// joins the next group commit on the writer thread (see [`batch`]), so
+/// everything it captures must be owned and it may await nothing but `$c`; on
+/// PostgreSQL it runs in a pooled connection's transaction (the server groups
+/// concurrent commits itself).
 macro_rules! on_batched_write {
     ($self:expr, $op:expr, |$c:ident| $body:expr) => {{
         let started = std::time::Instant::now();
         let result = match &$self.backend {
             Backend::Sqlite { batcher, .. } => {
                 batcher
-                    .run(move |$c: &mut sqlx::SqliteConnection| {
+                    .run(move |$c: &mut $crate::metadata::batch::SqliteWriter| {
                         use futures::FutureExt as _;
                         async move {
-                            use sqlx::Acquire as _;
+                            #[allow(unused_imports)]
+                            use $crate::metadata::exec::Exec as _;
                             $body
                         }
                         .boxed()
@@ -165,10 +168,24 @@ macro_rules! on_batched_write {
             }
             Backend::Postgres(pg) => {
                 async {
-                    use sqlx::Acquire as _;
-                    let mut pooled = pg.acquire().await?;
-                    let $c: &mut sqlx::PgConnection = &mut pooled;
-                    $body
+                    let mut tx = pg.begin().await?;
+                    let change = async {
+                        #[allow(unused_imports)]
+                        use $crate::metadata::exec::Exec as _;
+                        let $c: &mut sqlx::PgConnection = &mut tx;
+                        $body
+                    }
+                    .await?;
+                    match change {
+                        $crate::metadata::exec::Change::Commit(v) => {
+                            tx.commit().await?;
+                            Ok(v)
+                        }
+                        $crate::metadata::exec::Change::Rollback(v) => {
+                            tx.rollback().await?;
+                            Ok(v)
+                        }
+                    }
                 }
                 .await
             }
@@ -385,6 +402,10 @@ pub struct Metadata {
     repository_ids: Arc<quick_cache::sync::Cache<String, i64>>,
 }
 
+/// How long a SQLite writer waits for another connection's or process's write
+/// lock before failing with `SQLITE_BUSY` (answered with 503).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Repository ids kept in memory (a few MiB at most).
 const REPOSITORY_ID_CACHE: usize = 65_536;
 
@@ -399,7 +420,7 @@ impl Metadata {
                 // FULL: a commit is on disk before the registry acknowledges it.
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
             if let Some(dir) = co.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
@@ -418,9 +439,10 @@ impl Metadata {
                 .max_connections(opts.max_connections.max(2))
                 .acquire_timeout(opts.acquire_timeout)
                 .test_before_acquire(false)
-                .connect_with(co.read_only(true))
+                .connect_with(co.clone().read_only(true))
                 .await?;
-            let batcher = batch::Batcher::start(write.clone());
+            // After the write pool, which created the file and set WAL mode.
+            let batcher = batch::Batcher::start(co.get_filename(), SQLITE_BUSY_TIMEOUT)?;
             Ok(Metadata {
                 backend: Backend::Sqlite {
                     read,
@@ -654,15 +676,12 @@ impl Metadata {
         let entry = entry.digest(digest.as_str());
         let (digest, origin) = (digest.clone(), origin.clone());
         let live = on_batched_write!(self, "link_blob", |c| {
-            let mut tx = c.begin().await?;
-            if !insert_blob(&mut *tx, &digest, size).await? {
-                tx.rollback().await?;
-                return Ok(false);
+            if !insert_blob(c, &digest, size).await? {
+                return Ok(exec::Change::Rollback(false));
             }
-            link(&mut *tx, repository_id, &digest).await?;
-            audit::append(&mut *tx, &origin, std::slice::from_ref(&entry)).await?;
-            tx.commit().await?;
-            Ok::<bool, sqlx::Error>(true)
+            link(c, repository_id, &digest).await?;
+            audit::append(c, &origin, std::slice::from_ref(&entry)).await?;
+            Ok::<_, sqlx::Error>(exec::Change::Commit(true))
         })?;
         Ok(live)
     }
@@ -832,19 +851,13 @@ impl Metadata {
         let (id, algorithm, hash_state) =
             (id.to_string(), algorithm.to_string(), hash_state.to_vec());
         on_batched_write!(self, "create_upload", |c| {
-            let mut tx = c.begin().await?;
-            sqlx::query(
+            c.execute(
                 "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, 0, $5, $5)",
+                args![id.as_str(), repository_id, algorithm.as_str(), hash_state.as_slice(), now],
             )
-            .bind(id.as_str())
-            .bind(repository_id)
-            .bind(algorithm.as_str())
-            .bind(hash_state.as_slice())
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await
+            Ok::<_, sqlx::Error>(exec::Change::Commit(()))
         })?;
         Ok(())
     }
@@ -907,32 +920,28 @@ impl Metadata {
     ) -> Result<bool> {
         let (id, part, hash_state) = (id.to_string(), part.clone(), hash_state.to_vec());
         let ok = on_batched_write!(self, "append_upload", |c| {
-            let mut tx = c.begin().await?;
-            let n = sqlx::query(
-                "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3
-                  WHERE id = $4 AND size = $5",
-            )
-            .bind((expected_size + part.size) as i64)
-            .bind(hash_state.as_slice())
-            .bind(now_ms())
-            .bind(id.as_str())
-            .bind(expected_size as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 1 {
-                sqlx::query(
-                    "INSERT INTO upload_parts (upload_id, start_offset, object_key, size) VALUES ($1, $2, $3, $4)",
+            let n = c
+                .execute(
+                    "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3
+                      WHERE id = $4 AND size = $5",
+                    args![
+                        (expected_size + part.size) as i64,
+                        hash_state.as_slice(),
+                        now_ms(),
+                        id.as_str(),
+                        expected_size as i64,
+                    ],
                 )
-                .bind(id.as_str())
-                .bind(expected_size as i64)
-                .bind(part.key.as_str())
-                .bind(part.size as i64)
-                .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
+            if n != 1 {
+                return Ok(exec::Change::Rollback(false));
             }
-            Ok::<bool, sqlx::Error>(n == 1)
+            c.execute(
+                "INSERT INTO upload_parts (upload_id, start_offset, object_key, size) VALUES ($1, $2, $3, $4)",
+                args![id.as_str(), expected_size as i64, part.key.as_str(), part.size as i64],
+            )
+            .await?;
+            Ok::<_, sqlx::Error>(exec::Change::Commit(true))
         })?;
         Ok(ok)
     }
@@ -957,25 +966,22 @@ impl Metadata {
         let entry = entry.digest(digest.as_str());
         let (id, digest, origin) = (id.to_string(), digest.clone(), origin.clone());
         let outcome = on_batched_write!(self, "finish_upload", |c| {
-            let mut tx = c.begin().await?;
-            let n = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
-                .bind(id.as_str())
-                .bind(recorded as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let n = c
+                .execute(
+                    "DELETE FROM uploads WHERE id = $1 AND size = $2",
+                    args![id.as_str(), recorded as i64],
+                )
+                .await?;
             if n != 1 {
-                return Ok(FinishOutcome::Gone);
+                return Ok(exec::Change::Rollback(FinishOutcome::Gone));
             }
             // Its upload_parts rows go with it (ON DELETE CASCADE).
-            if !insert_blob(&mut *tx, &digest, size).await? {
-                tx.rollback().await?;
-                return Ok(FinishOutcome::Collecting);
+            if !insert_blob(c, &digest, size).await? {
+                return Ok(exec::Change::Rollback(FinishOutcome::Collecting));
             }
-            link(&mut *tx, repository_id, &digest).await?;
-            audit::append(&mut *tx, &origin, std::slice::from_ref(&entry)).await?;
-            tx.commit().await?;
-            Ok::<FinishOutcome, sqlx::Error>(FinishOutcome::Done)
+            link(c, repository_id, &digest).await?;
+            audit::append(c, &origin, std::slice::from_ref(&entry)).await?;
+            Ok::<_, sqlx::Error>(exec::Change::Commit(FinishOutcome::Done))
         })?;
         Ok(outcome)
     }
@@ -1091,75 +1097,75 @@ impl Metadata {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
             let actor = origin.actor.as_str();
-            let mut tx = c.begin().await?;
-            if !insert_blob(&mut *tx, &m.digest, m.size).await? {
-                tx.rollback().await?;
-                return Ok(PutOutcome::Collecting(m.digest.to_string()));
+            if !insert_blob(c, &m.digest, m.size).await? {
+                return Ok(exec::Change::Rollback(PutOutcome::Collecting(
+                    m.digest.to_string(),
+                )));
             }
             // Touch every blob this manifest references, in this transaction:
             // garbage collection claims only blobs untouched for its grace
             // period, so either it claimed one first (and this push fails here)
             // or it will see this reference.
-            let states: Vec<(String, String, i64)> = if m.touch_fresh_ms > 0 && !m.blobs.is_empty()
-            {
-                sqlx::query_as(blob_states_sql)
-                    .bind(blob_list.as_str())
-                    .fetch_all(&mut *tx)
-                    .await?
+            let states = if m.touch_fresh_ms > 0 && !m.blobs.is_empty() {
+                c.fetch(blob_states_sql, args![blob_list.as_str()]).await?
             } else {
                 Vec::new()
             };
             for b in &m.blobs {
                 // A collection can claim a blob only once it is `grace` old,
                 // and this push commits long before half of that passes.
-                let fresh = states.iter().any(|(d, state, at)| {
-                    d == b.as_str() && state == "live" && now - at < m.touch_fresh_ms
+                let fresh = states.iter().any(|row| match row.as_slice() {
+                    [Val::Text(d), Val::Text(state), at] => {
+                        d == b.as_str()
+                            && state == "live"
+                            && at.as_int().is_some_and(|at| now - at < m.touch_fresh_ms)
+                    }
+                    _ => false,
                 });
                 if fresh {
                     continue;
                 }
-                let touched = sqlx::query(
-                    "UPDATE blobs SET touched_at = $1, touches = touches + 1
-                      WHERE digest = $2 AND state = 'live'",
-                )
-                .bind(now)
-                .bind(b.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if touched == 0 {
-                    let state = sqlx::query_scalar::<_, String>(
-                        "SELECT state FROM blobs WHERE digest = $1",
+                let touched = c
+                    .execute(
+                        "UPDATE blobs SET touched_at = $1, touches = touches + 1
+                          WHERE digest = $2 AND state = 'live'",
+                        args![now, b.as_str()],
                     )
-                    .bind(b.as_str())
-                    .fetch_optional(&mut *tx)
                     .await?;
+                if touched == 0 {
+                    let state = c
+                        .fetch_text(
+                            "SELECT state FROM blobs WHERE digest = $1",
+                            args![b.as_str()],
+                        )
+                        .await?;
                     if state.is_some() {
-                        tx.rollback().await?;
-                        return Ok(PutOutcome::Collecting(b.to_string()));
+                        return Ok(exec::Change::Rollback(PutOutcome::Collecting(
+                            b.to_string(),
+                        )));
                     }
                     if m.require_blobs {
                         // Collected since the caller checked it.
-                        tx.rollback().await?;
-                        return Ok(PutOutcome::MissingBlob(b.clone()));
+                        return Ok(exec::Change::Rollback(PutOutcome::MissingBlob(b.clone())));
                     }
                 }
             }
-            sqlx::query(
+            c.execute(
                 "INSERT INTO manifests
                    (repository_id, digest, media_type, artifact_type, subject_digest, size, annotations, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (repository_id, digest) DO NOTHING",
+                args![
+                    repository_id,
+                    digest,
+                    m.media_type.as_str(),
+                    m.artifact_type.as_deref(),
+                    m.subject.as_ref().map(|s| s.as_str()),
+                    m.size as i64,
+                    annotations.as_deref(),
+                    now,
+                ],
             )
-            .bind(repository_id)
-            .bind(digest)
-            .bind(&m.media_type)
-            .bind(m.artifact_type.as_deref())
-            .bind(m.subject.as_ref().map(|s| s.as_str()))
-            .bind(m.size as i64)
-            .bind(annotations.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
             for group in m.blobs.chunks(500) {
                 let rows: Vec<String> = (0..group.len())
@@ -1170,21 +1176,16 @@ impl Metadata {
                      VALUES {} ON CONFLICT DO NOTHING",
                     rows.join(", ")
                 );
-                let mut q = sqlx::query(&sql).bind(repository_id).bind(digest);
-                for b in group {
-                    q = q.bind(b.as_str());
-                }
-                q.execute(&mut *tx).await?;
+                let mut values = args![repository_id, digest];
+                values.extend(group.iter().map(|b| Val::from(b.as_str())));
+                c.execute(&sql, values).await?;
             }
-            for c in &m.children {
-                sqlx::query(
+            for child in &m.children {
+                c.execute(
                     "INSERT INTO manifest_children (repository_id, parent_digest, child_digest)
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    args![repository_id, digest, child.as_str()],
                 )
-                .bind(repository_id)
-                .bind(digest)
-                .bind(c.as_str())
-                .execute(&mut *tx)
                 .await?;
             }
             let mut events: Vec<TagEvent> = Vec::new();
@@ -1192,23 +1193,21 @@ impl Metadata {
             for t in &tags {
                 let name = t.tag.as_str();
                 if t.immutable {
-                    let pin = sqlx::query_scalar::<_, String>(
-                        "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
-                    )
-                    .bind(repository_id)
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                    let pin = c
+                        .fetch_text(
+                            "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
+                            args![repository_id, name],
+                        )
+                        .await?;
                     if let Some(pin) = pin.filter(|p| p != digest) {
                         // A tag that was mutable for a while may hold another
                         // digest than its pin; re-pushing what it holds is fine.
-                        let current = sqlx::query_scalar::<_, String>(
-                            "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
-                        )
-                        .bind(repository_id)
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                        let current = c
+                            .fetch_text(
+                                "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
+                                args![repository_id, name],
+                            )
+                            .await?;
                         if current.as_deref() != Some(digest) {
                             denied.push(DeniedTag {
                                 tag: name.to_string(),
@@ -1220,27 +1219,23 @@ impl Metadata {
                         }
                     }
                 }
-                let inserted = sqlx::query(
-                    "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO NOTHING",
-                )
-                .bind(repository_id)
-                .bind(name)
-                .bind(digest)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let inserted = c
+                    .execute(
+                        "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO NOTHING",
+                        args![repository_id, name, digest, now],
+                    )
+                    .await?;
                 let (action, previous) = if inserted == 1 {
                     (TagAction::Created, None)
                 } else {
-                    let held = sqlx::query_scalar::<_, String>(
-                        "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
-                    )
-                    .bind(repository_id)
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let held = c
+                        .fetch_text(
+                            "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
+                            args![repository_id, name],
+                        )
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?;
                     if held == digest {
                         (TagAction::Repushed, None)
                     } else if t.immutable {
@@ -1252,29 +1247,21 @@ impl Metadata {
                         });
                         continue;
                     } else {
-                        sqlx::query(
+                        c.execute(
                             "UPDATE tags SET manifest_digest = $1, updated_at = $2
                               WHERE repository_id = $3 AND name = $4",
+                            args![digest, now, repository_id, name],
                         )
-                        .bind(digest)
-                        .bind(now)
-                        .bind(repository_id)
-                        .bind(name)
-                        .execute(&mut *tx)
                         .await?;
                         (TagAction::Moved, Some(held))
                     }
                 };
                 if t.immutable {
-                    sqlx::query(
+                    c.execute(
                         "INSERT INTO tag_pins (repository_id, tag, digest, created_at)
                          VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, tag) DO NOTHING",
+                        args![repository_id, name, digest, now],
                     )
-                    .bind(repository_id)
-                    .bind(name)
-                    .bind(digest)
-                    .bind(now)
-                    .execute(&mut *tx)
                     .await?;
                 }
                 events.push(TagEvent {
@@ -1286,26 +1273,23 @@ impl Metadata {
                 });
             }
             if !denied.is_empty() {
-                tx.rollback().await?;
-                Ok::<PutOutcome, sqlx::Error>(PutOutcome::Denied(denied))
-            } else {
-                for e in &events {
-                    insert_event(&mut *tx, repository_id, e, actor, now).await?;
-                }
-                let mut entries = vec![AuditEntry::ok("manifest.push", repo)
-                    .digest(digest)
-                    .detail(serde_json::json!({
-                        "media_type": m.media_type,
-                        "artifact_type": m.artifact_type,
-                        "subject": m.subject.as_ref().map(|s| s.as_str()),
-                        "size": m.size,
-                        "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
-                    }))];
-                entries.extend(events.iter().map(|e| tag_entry(repo, e)));
-                audit::append(&mut *tx, &origin, &entries).await?;
-                tx.commit().await?;
-                Ok(PutOutcome::Stored(events))
+                return Ok::<_, sqlx::Error>(exec::Change::Rollback(PutOutcome::Denied(denied)));
             }
+            for e in &events {
+                insert_event(c, repository_id, e, actor, now).await?;
+            }
+            let mut entries = vec![AuditEntry::ok("manifest.push", repo).digest(digest).detail(
+                serde_json::json!({
+                    "media_type": m.media_type,
+                    "artifact_type": m.artifact_type,
+                    "subject": m.subject.as_ref().map(|s| s.as_str()),
+                    "size": m.size,
+                    "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
+                }),
+            )];
+            entries.extend(events.iter().map(|e| tag_entry(repo, e)));
+            audit::append(c, &origin, &entries).await?;
+            Ok(exec::Change::Commit(PutOutcome::Stored(events)))
         })?;
         Ok(outcome)
     }
@@ -1708,94 +1692,66 @@ fn page(mut rows: Vec<String>, n: u32) -> Page {
     Page { items: rows, more }
 }
 
-/// `INSERT` of a blob row, valid in both dialects, on any executor.
+/// `INSERT` of a blob row, valid in both dialects, on any connection.
 ///
 /// Records a stored blob, or marks an existing one as just used. Returns false
 /// when garbage collection has claimed the row (`state = 'deleting'`): its
 /// bytes may be gone, so the caller must roll back and not make them visible.
-async fn insert_blob<'e, E, DB>(
-    ex: E,
+async fn insert_blob<E: exec::Exec + ?Sized>(
+    ex: &mut E,
     digest: &Digest,
     size: u64,
-) -> std::result::Result<bool, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = DB>,
-    DB: sqlx::Database,
-    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    String: for<'q> sqlx::Decode<'q, DB> + sqlx::Type<DB>,
-    usize: sqlx::ColumnIndex<<DB as sqlx::Database>::Row>,
-{
+) -> std::result::Result<bool, sqlx::Error> {
     // A row comes back when it was inserted or updated; none when the
     // conflicting row is being collected.
-    let state = sqlx::query_scalar::<DB, String>(
-        "INSERT INTO blobs (digest, size, created_at, touched_at, state)
-         VALUES ($1, $2, $3, $3, 'live')
-         ON CONFLICT (digest) DO UPDATE SET touched_at = $3, touches = blobs.touches + 1
-           WHERE blobs.state = 'live'
-         RETURNING state",
-    )
-    .bind(digest.as_str())
-    .bind(size as i64)
-    .bind(now_ms())
-    .fetch_optional(ex)
-    .await?;
-    Ok(state.is_some())
+    let state = ex
+        .fetch(
+            "INSERT INTO blobs (digest, size, created_at, touched_at, state)
+             VALUES ($1, $2, $3, $3, 'live')
+             ON CONFLICT (digest) DO UPDATE SET touched_at = $3, touches = blobs.touches + 1
+               WHERE blobs.state = 'live'
+             RETURNING state",
+            exec::args![digest.as_str(), size as i64, now_ms()],
+        )
+        .await?;
+    Ok(!state.is_empty())
 }
 
-async fn insert_event<'e, E, DB>(
-    ex: E,
+async fn insert_event<E: exec::Exec + ?Sized>(
+    ex: &mut E,
     repository_id: i64,
     e: &TagEvent,
     actor: &str,
     now: i64,
-) -> std::result::Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = DB>,
-    DB: sqlx::Database,
-    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query::<DB>(
+) -> std::result::Result<(), sqlx::Error> {
+    ex.execute(
         "INSERT INTO tag_events (repository_id, tag, action, digest, previous_digest, rule, actor, at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        exec::args![
+            repository_id,
+            e.tag.as_str(),
+            e.action.as_str(),
+            e.digest.as_str(),
+            e.previous_digest.as_deref(),
+            e.rule.as_str(),
+            actor,
+            now,
+        ],
     )
-    .bind(repository_id)
-    .bind(e.tag.as_str())
-    .bind(e.action.as_str())
-    .bind(e.digest.as_str())
-    .bind(e.previous_digest.as_deref())
-    .bind(e.rule.as_str())
-    .bind(actor)
-    .bind(now)
-    .execute(ex)
     .await?;
     Ok(())
 }
 
-async fn link<'e, E, DB>(
-    ex: E,
+async fn link<E: exec::Exec + ?Sized>(
+    ex: &mut E,
     repository_id: i64,
     digest: &Digest,
-) -> std::result::Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = DB>,
-    DB: sqlx::Database,
-    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query::<DB>(
+) -> std::result::Result<(), sqlx::Error> {
+    ex.execute(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
          ON CONFLICT (repository_id, digest) DO NOTHING",
+        exec::args![repository_id, digest.as_str(), now_ms()],
     )
-    .bind(repository_id)
-    .bind(digest.as_str())
-    .bind(now_ms())
-    .execute(ex)
     .await?;
     Ok(())
 }
@@ -1805,6 +1761,7 @@ mod accounts;
 mod audit;
 mod batch;
 mod console;
+mod exec;
 mod gc;
 mod jobs;
 mod provenance;

@@ -1,0 +1,287 @@
+//! One way to run a statement on any of the metadata layer's connections.
+//!
+//! The changes on a push's acknowledgement path run on PostgreSQL through sqlx
+//! and on SQLite on the group-commit writer's own thread (see [`super::batch`]),
+//! where a statement is a plain function call instead of a round trip to
+//! sqlx's SQLite worker thread. [`Exec`] lets such a change be written once, in
+//! the SQL both dialects share, and run on either; the sqlx connections
+//! implement it too, so helpers such as [`super::audit::append`] serve every
+//! caller.
+
+use std::borrow::Cow;
+
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
+use sqlx::{Row as _, TypeInfo as _, ValueRef as _};
+
+/// A statement parameter or a column of a result row.
+///
+/// `Null` binds as a NULL of type text on PostgreSQL (which types every
+/// parameter): every nullable parameter of this layer is a text column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Val {
+    /// The value as an integer, if it is one.
+    pub(crate) fn as_int(&self) -> Option<i64> {
+        match self {
+            Val::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_string())
+    }
+}
+
+impl From<&String> for Val {
+    fn from(v: &String) -> Val {
+        Val::Text(v.clone())
+    }
+}
+
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+
+impl From<&[u8]> for Val {
+    fn from(v: &[u8]) -> Val {
+        Val::Bytes(v.to_vec())
+    }
+}
+
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+
+/// Statement parameters, `$1` first: `args![repository_id, digest.as_str()]`.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {
+        vec![$($crate::metadata::exec::Val::from($v)),*]
+    };
+}
+pub(crate) use args;
+
+/// What a change asks of its transaction once it has run: keep its writes or
+/// undo them. Either way the caller gets the value.
+#[derive(Debug)]
+pub(crate) enum Change<T> {
+    Commit(T),
+    Rollback(T),
+}
+
+/// Runs statements written in the SQL both backends share (`$n` parameters).
+pub(crate) trait Exec: Send {
+    /// Runs a statement that returns no rows; returns the rows it changed.
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+
+    /// Runs a statement and returns every row it produced.
+    fn fetch<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<Vec<Vec<Val>>, sqlx::Error>>;
+
+    /// The first column of the first row, as text; `None` without a row.
+    fn fetch_text<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<Option<String>, sqlx::Error>> {
+        async move {
+            let rows = self.fetch(sql, args).await?;
+            match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
+                None => Ok(None),
+                Some(Val::Text(s)) => Ok(Some(s)),
+                Some(other) => Err(sqlx::Error::Decode(
+                    format!("expected text, found {other:?}").into(),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Implements [`Exec`] for a sqlx connection type.
+macro_rules! sqlx_exec {
+    ($conn:ty, $db:ty) => {
+        impl Exec for $conn {
+            fn execute<'a>(
+                &'a mut self,
+                sql: &'a str,
+                args: Vec<Val>,
+            ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+                async move {
+                    let mut q = sqlx::query::<$db>(sql);
+                    for a in args {
+                        q = match a {
+                            Val::Null => q.bind(None::<String>),
+                            Val::Int(i) => q.bind(i),
+                            Val::Text(s) => q.bind(s),
+                            Val::Bytes(b) => q.bind(b),
+                        };
+                    }
+                    Ok(q.execute(&mut *self).await?.rows_affected())
+                }
+                .boxed()
+            }
+
+            fn fetch<'a>(
+                &'a mut self,
+                sql: &'a str,
+                args: Vec<Val>,
+            ) -> BoxFuture<'a, Result<Vec<Vec<Val>>, sqlx::Error>> {
+                async move {
+                    let mut q = sqlx::query::<$db>(sql);
+                    for a in args {
+                        q = match a {
+                            Val::Null => q.bind(None::<String>),
+                            Val::Int(i) => q.bind(i),
+                            Val::Text(s) => q.bind(s),
+                            Val::Bytes(b) => q.bind(b),
+                        };
+                    }
+                    let rows = q.fetch_all(&mut *self).await?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let mut vals = Vec::with_capacity(row.columns().len());
+                        for i in 0..row.columns().len() {
+                            let (null, ty) = {
+                                let raw = row.try_get_raw(i)?;
+                                (raw.is_null(), raw.type_info().name().to_ascii_uppercase())
+                            };
+                            vals.push(if null {
+                                Val::Null
+                            } else {
+                                match ty.as_str() {
+                                    "INT8" | "BIGINT" | "INTEGER" | "INT" => {
+                                        Val::Int(row.try_get::<i64, _>(i)?)
+                                    }
+                                    "INT4" => Val::Int(i64::from(row.try_get::<i32, _>(i)?)),
+                                    "INT2" => Val::Int(i64::from(row.try_get::<i16, _>(i)?)),
+                                    "BOOL" | "BOOLEAN" => {
+                                        Val::Int(i64::from(row.try_get::<bool, _>(i)?))
+                                    }
+                                    "BYTEA" | "BLOB" => Val::Bytes(row.try_get::<Vec<u8>, _>(i)?),
+                                    _ => Val::Text(row.try_get::<String, _>(i)?),
+                                }
+                            });
+                        }
+                        out.push(vals);
+                    }
+                    Ok(out)
+                }
+                .boxed()
+            }
+        }
+    };
+}
+
+sqlx_exec!(sqlx::SqliteConnection, sqlx::Sqlite);
+sqlx_exec!(sqlx::PgConnection, sqlx::Postgres);
+
+/// A failure reported by SQLite on the group-commit writer's connection, in the
+/// shape sqlx reports its own: [`super::Error::is_unavailable`] reads the code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (SQLite code {code})")]
+pub(crate) struct SqliteFailure {
+    /// The extended result code, as sqlx's SQLite driver reports it.
+    code: i32,
+    message: String,
+}
+
+impl sqlx::error::DatabaseError for SqliteFailure {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Owned(self.code.to_string()))
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        use sqlx::error::ErrorKind;
+        match self.code {
+            // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
+            2067 | 1555 => ErrorKind::UniqueViolation,
+            787 => ErrorKind::ForeignKeyViolation,
+            1299 => ErrorKind::NotNullViolation,
+            275 => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// A rusqlite error as the sqlx error the rest of the layer classifies.
+pub(crate) fn from_rusqlite(e: rusqlite::Error) -> sqlx::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, message) => {
+            sqlx::Error::Database(Box::new(SqliteFailure {
+                code: f.extended_code,
+                message: message.unwrap_or_else(|| f.to_string()),
+            }))
+        }
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_reported_with_the_code_the_layer_retries_on() {
+        let e = from_rusqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(5),
+            Some("database is locked".into()),
+        ));
+        let err = crate::metadata::Error::Database(e);
+        assert!(err.is_unavailable(), "{err}");
+    }
+
+    #[test]
+    fn a_unique_violation_is_classified() {
+        let e = from_rusqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(2067),
+            None,
+        ));
+        match e {
+            sqlx::Error::Database(db) => assert!(db.is_unique_violation()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
