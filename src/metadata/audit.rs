@@ -15,10 +15,10 @@
 //! every reader of the trail) chains them in batches. Chaining inside each
 //! change's transaction made every writer wait for the head row.
 
-use super::BeginWrite as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use super::exec::{args, Change, Val};
 use super::{now_ms, Backend, Metadata, Result};
 
 /// Who asked for a change, and through which request.
@@ -228,7 +228,6 @@ pub(super) async fn append<E: super::exec::Exec + ?Sized>(
 }
 
 /// A pending entry as stored, before it is chained.
-#[derive(sqlx::FromRow)]
 struct Pending {
     seq: i64,
     at: i64,
@@ -242,6 +241,53 @@ struct Pending {
     detail: Option<String>,
     request_id: Option<String>,
     user_agent: Option<String>,
+}
+
+impl Pending {
+    /// Reads the columns of the sealer's `SELECT`, in its order.
+    fn from_row(row: Vec<Val>) -> std::result::Result<Pending, sqlx::Error> {
+        fn text(v: Val) -> std::result::Result<String, sqlx::Error> {
+            match v {
+                Val::Text(s) => Ok(s),
+                other => Err(sqlx::Error::Decode(
+                    format!("audit entry: expected text, found {other:?}").into(),
+                )),
+            }
+        }
+        fn maybe(v: Val) -> std::result::Result<Option<String>, sqlx::Error> {
+            match v {
+                Val::Null => Ok(None),
+                v => text(v).map(Some),
+            }
+        }
+        fn int(v: Val) -> std::result::Result<i64, sqlx::Error> {
+            v.as_int().ok_or_else(|| {
+                sqlx::Error::Decode(format!("audit entry: expected an integer, found {v:?}").into())
+            })
+        }
+        let Ok::<[Val; 12], _>(
+            [seq, at, actor, client, action, repository, tag, digest, result, detail, request_id, user_agent],
+        ) = row.try_into()
+        else {
+            return Err(sqlx::Error::Decode(
+                "audit entry: wrong column count".into(),
+            ));
+        };
+        Ok(Pending {
+            seq: int(seq)?,
+            at: int(at)?,
+            actor: text(actor)?,
+            client: maybe(client)?,
+            action: text(action)?,
+            repository: maybe(repository)?,
+            tag: maybe(tag)?,
+            digest: maybe(digest)?,
+            result: text(result)?,
+            detail: maybe(detail)?,
+            request_id: maybe(request_id)?,
+            user_agent: maybe(user_agent)?,
+        })
+    }
 }
 
 /// Pending entries chained per sealing transaction.
@@ -260,105 +306,112 @@ impl Metadata {
         let mut total = 0u64;
         let postgres = self.backend_name() == "postgres";
         loop {
-            let sealed = on_write!(self, "audit_seal", |p| {
-                let mut tx = p.begin_write().await?;
+            // On SQLite a seal is one more change of the writer's next batch:
+            // hundreds of inserts are function calls there, so it holds the
+            // write lock for milliseconds, not for a round trip per row.
+            let sealed = on_batched_write!(self, "audit_seal", |c| {
                 if postgres {
                     // The head may be held by a sealer whose process died and
                     // whose connection the server has not reaped yet: give up
                     // rather than wait (that sealer's work is redone later).
-                    sqlx::query("SET LOCAL lock_timeout = '2s'")
-                        .execute(&mut *tx)
+                    c.execute("SET LOCAL lock_timeout = '2s'", Vec::new())
                         .await?;
                 }
-                let head = sqlx::query_as::<_, (i64, String)>(
-                    "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash",
-                )
-                .fetch_one(&mut *tx)
-                .await;
-                let (last, mut prev) = match head {
-                    Ok(h) => h,
+                let head = c
+                    .fetch(
+                        "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash",
+                        Vec::new(),
+                    )
+                    .await;
+                let (last, mut prev) = match head.as_deref() {
+                    Ok([row]) => match row.as_slice() {
+                        [Val::Int(seq), Val::Text(hash)] => (*seq, hash.clone()),
+                        other => {
+                            return Err(sqlx::Error::Decode(
+                                format!("audit head: {other:?}").into(),
+                            ))
+                        }
+                    },
+                    Ok(_) => return Err(sqlx::Error::RowNotFound),
                     Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
                         tracing::warn!("audit head busy for 2 s; entries stay pending");
-                        return Ok(total);
+                        return Ok(Change::Rollback(0));
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(_) => return head.map(|_| Change::Rollback(0)),
                 };
-                let rows = sqlx::query_as::<_, Pending>(
-                    "SELECT seq, at, actor, client, action, repository, tag, digest, result,
-                            detail, request_id, user_agent
-                       FROM audit_pending ORDER BY seq LIMIT $1",
-                )
-                .bind(SEAL_BATCH)
-                .fetch_all(&mut *tx)
-                .await?;
+                let rows = c
+                    .fetch(
+                        "SELECT seq, at, actor, client, action, repository, tag, digest, result,
+                                detail, request_id, user_agent
+                           FROM audit_pending ORDER BY seq LIMIT $1",
+                        args![SEAL_BATCH],
+                    )
+                    .await?;
                 let n = rows.len() as i64;
-                if n > 0 {
-                    let mut seqs = Vec::with_capacity(rows.len());
-                    for (i, r) in rows.into_iter().enumerate() {
-                        seqs.push(r.seq);
-                        let mut rec = AuditRecord {
-                            id: last + 1 + i as i64,
-                            at: r.at,
-                            actor: r.actor,
-                            client: r.client,
-                            action: r.action,
-                            repository: r.repository,
-                            tag: r.tag,
-                            digest: r.digest,
-                            result: r.result,
-                            detail: r.detail,
-                            request_id: r.request_id,
-                            user_agent: r.user_agent,
-                            prev_hash: prev,
-                            hash: String::new(),
-                        };
-                        rec.hash = chain_hash(&rec);
-                        sqlx::query(
-                            "INSERT INTO audit_log (id, at, actor, client, action, repository, tag,
-                                                    digest, result, detail, request_id, user_agent,
-                                                    prev_hash, hash)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                        )
-                        .bind(rec.id)
-                        .bind(rec.at)
-                        .bind(rec.actor.as_str())
-                        .bind(rec.client.as_deref())
-                        .bind(rec.action.as_str())
-                        .bind(rec.repository.as_deref())
-                        .bind(rec.tag.as_deref())
-                        .bind(rec.digest.as_deref())
-                        .bind(rec.result.as_str())
-                        .bind(rec.detail.as_deref())
-                        .bind(rec.request_id.as_deref())
-                        .bind(rec.user_agent.as_deref())
-                        .bind(rec.prev_hash.as_str())
-                        .bind(rec.hash.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                        prev = rec.hash;
-                    }
-                    // Exactly the rows chained: on PostgreSQL a row with a lower
-                    // seq may still be uncommitted, and is sealed next time.
-                    let list: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
-                    let sql = format!(
-                        "DELETE FROM audit_pending WHERE seq IN ({})",
-                        list.join(", ")
-                    );
-                    let mut del = sqlx::query(&sql);
-                    for s in &seqs {
-                        del = del.bind(*s);
-                    }
-                    del.execute(&mut *tx).await?;
-                    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                        .bind(last + n)
-                        .bind(prev.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await?;
+                if n == 0 {
+                    return Ok(Change::Rollback(0));
                 }
-                Ok::<i64, sqlx::Error>(n)
+                let mut seqs = Vec::with_capacity(rows.len());
+                for (i, row) in rows.into_iter().enumerate() {
+                    let r = Pending::from_row(row)?;
+                    seqs.push(r.seq);
+                    let mut rec = AuditRecord {
+                        id: last + 1 + i as i64,
+                        at: r.at,
+                        actor: r.actor,
+                        client: r.client,
+                        action: r.action,
+                        repository: r.repository,
+                        tag: r.tag,
+                        digest: r.digest,
+                        result: r.result,
+                        detail: r.detail,
+                        request_id: r.request_id,
+                        user_agent: r.user_agent,
+                        prev_hash: prev,
+                        hash: String::new(),
+                    };
+                    rec.hash = chain_hash(&rec);
+                    c.execute(
+                        "INSERT INTO audit_log (id, at, actor, client, action, repository, tag,
+                                                digest, result, detail, request_id, user_agent,
+                                                prev_hash, hash)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                        args![
+                            rec.id,
+                            rec.at,
+                            rec.actor.as_str(),
+                            rec.client.as_deref(),
+                            rec.action.as_str(),
+                            rec.repository.as_deref(),
+                            rec.tag.as_deref(),
+                            rec.digest.as_deref(),
+                            rec.result.as_str(),
+                            rec.detail.as_deref(),
+                            rec.request_id.as_deref(),
+                            rec.user_agent.as_deref(),
+                            rec.prev_hash.as_str(),
+                            rec.hash.as_str(),
+                        ],
+                    )
+                    .await?;
+                    prev = rec.hash;
+                }
+                // Exactly the rows chained: on PostgreSQL a row with a lower
+                // seq may still be uncommitted, and is sealed next time.
+                let list: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "DELETE FROM audit_pending WHERE seq IN ({})",
+                    list.join(", ")
+                );
+                c.execute(&sql, seqs.into_iter().map(Val::Int).collect())
+                    .await?;
+                c.execute(
+                    "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+                    args![last + n, prev.as_str()],
+                )
+                .await?;
+                Ok::<_, sqlx::Error>(Change::Commit(n))
             })?;
             total += sealed as u64;
             if sealed < SEAL_BATCH {
