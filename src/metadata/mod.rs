@@ -864,39 +864,46 @@ impl Metadata {
 
     /// The session `id` of repository `repo`, with its parts in order.
     pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<Upload>> {
-        let row = on_read!(self, "upload", |p| sqlx::query_as::<
-            _,
-            (String, i64, String, Vec<u8>, i64),
-        >(
-            "SELECT u.id, u.repository_id, u.algorithm, u.hash_state, u.size
-               FROM uploads u JOIN repositories r ON r.id = u.repository_id
-              WHERE u.id = $1 AND r.name = $2"
+        // One query (each is a round trip to the driver's thread on SQLite):
+        // the session on every row, with one of its parts or none. Only the
+        // parts the row's size (and so its hash state) accounts for: a chunk
+        // appended after the row was read belongs to a later state.
+        type Row = (
+            String,
+            i64,
+            String,
+            Vec<u8>,
+            i64,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows = on_read!(self, "upload", |p| sqlx::query_as::<_, Row>(
+            "SELECT u.id, u.repository_id, u.algorithm, u.hash_state, u.size,
+                    p.object_key, p.size
+               FROM uploads u
+               JOIN repositories r ON r.id = u.repository_id
+               LEFT JOIN upload_parts p ON p.upload_id = u.id AND p.start_offset < u.size
+              WHERE u.id = $1 AND r.name = $2
+              ORDER BY p.start_offset"
         )
         .bind(id)
         .bind(repo.as_str())
-        .fetch_optional(p)
+        .fetch_all(p)
         .await)?;
-        let Some((id, repository_id, algorithm, hash_state, size)) = row else {
+        let mut rows = rows.into_iter();
+        let Some((id, repository_id, algorithm, hash_state, size, key, part_size)) = rows.next()
+        else {
             return Ok(None);
         };
-        let parts = on_read!(self, "upload", |p| {
-            sqlx::query_as::<_, (String, i64)>(
-                // Only the parts the row's size (and so its hash state) accounts for:
-                // a chunk appended after the row was read belongs to a later state.
-                "SELECT object_key, size FROM upload_parts
-              WHERE upload_id = $1 AND start_offset < $2 ORDER BY start_offset",
-            )
-            .bind(&id)
-            .bind(size)
-            .fetch_all(p)
-            .await
-        })?
-        .into_iter()
-        .map(|(key, size)| StoredPart {
-            key,
-            size: size as u64,
-        })
-        .collect();
+        let parts = std::iter::once((key, part_size))
+            .chain(rows.map(|r| (r.5, r.6)))
+            .filter_map(|(key, size)| {
+                Some(StoredPart {
+                    key: key?,
+                    size: size? as u64,
+                })
+            })
+            .collect();
         Ok(Some(Upload {
             id,
             repository_id,

@@ -502,11 +502,10 @@ impl Registry {
         E: std::fmt::Display,
     {
         let repo_id = self.meta.ensure_repository(repo).await?;
-        let scratch = uuid::Uuid::now_v7().to_string();
         let mut hasher = digest.algorithm().hasher();
         let part = self
             .blobs
-            .write_part(&scratch, 0, body, &mut hasher, self.limits.max_blob_bytes)
+            .write_last_part(body, &mut hasher, self.limits.max_blob_bytes)
             .await?;
         let parts: Vec<StoredPart> = part.into_iter().collect();
         let size = parts.iter().map(|p| p.size).sum();
@@ -667,10 +666,7 @@ impl Registry {
         Self::check_chunk(u.size, range, content_length)?;
         let (alg, mut hasher) = Self::restore_hasher(&u)?;
         let limit = self.limits.max_blob_bytes.saturating_sub(u.size);
-        let last = self
-            .blobs
-            .write_part(&u.id, u.size, body, &mut hasher, limit)
-            .await?;
+        let last = self.blobs.write_last_part(body, &mut hasher, limit).await?;
         let discard_last = || async {
             if let Some(l) = &last {
                 self.blobs.delete_parts(std::slice::from_ref(&l.key)).await;

@@ -66,6 +66,24 @@ impl MeteredStore {
         .await
     }
 
+    /// See [`BlobStore::write_last_part`].
+    pub async fn write_last_part<S, E>(
+        &self,
+        body: S,
+        hasher: &mut Hasher,
+        limit: u64,
+    ) -> Result<Option<StoredPart>>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.timed(
+            "write_part",
+            self.inner.write_last_part(body, hasher, limit),
+        )
+        .await
+    }
+
     /// See [`BlobStore::commit_parts`].
     pub async fn commit_parts(&self, parts: &[StoredPart], digest: &Digest) -> Result<()> {
         self.timed("commit_parts", self.inner.commit_parts(parts, digest))

@@ -10,7 +10,8 @@
 //! <root>/
 //! ├── blobs/<algorithm>/<first two hex>/<hex>   content, immutable once written
 //! ├── uploads/<upload id>/<offset>-<nonce>      one object per received chunk
-//! └── staging/<uuid>                            assembly of a blob being re-hashed
+//! └── staging/<uuid>                            an upload's last chunk, a blob being joined
+//!                                               or re-hashed (renamed into place)
 //! ```
 
 use std::sync::Arc;
@@ -294,24 +295,17 @@ impl BlobStore {
             .parts()
             .fold(root.clone(), |p, part| p.join(part.as_ref()));
         let root = root.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&file)?.sync_all()?;
-            // Every directory up to the root: any of them may have just been
-            // created (a new `blobs/sha256/ab/`), and its entry in its parent
-            // must be durable too. An unchanged directory syncs at no cost.
-            let mut dir = file.parent();
-            while let Some(d) = dir {
-                std::fs::File::open(d)?.sync_all()?;
-                if d == root {
-                    break;
-                }
-                dir = d.parent();
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || sync_file_and_dirs(&file, &root))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         Ok(())
+    }
+
+    /// Where `key` lives under the local root.
+    fn local_file(&self, root: &std::path::Path, key: &str) -> std::path::PathBuf {
+        Path::from(key)
+            .parts()
+            .fold(root.to_path_buf(), |p, part| p.join(part.as_ref()))
     }
 
     fn blob_path(digest: &Digest) -> Path {
@@ -355,6 +349,27 @@ impl BlobStore {
             // A chunk is acknowledged (202) once stored: it must survive a crash.
             self.sync(&path).await?;
         }
+        Ok((size > 0).then_some(StoredPart { key, size }))
+    }
+
+    /// [`BlobStore::write_part`] for the chunk that completes an upload, stored
+    /// under `staging/`: not made durable on its own, since it is acknowledged
+    /// only as part of the blob, which [`BlobStore::commit_parts`] makes durable
+    /// (or it is deleted). Spares a push of one request its chunk's fsyncs and,
+    /// on disk, a session directory to create and remove.
+    pub async fn write_last_part<S, E>(
+        &self,
+        body: S,
+        hasher: &mut Hasher,
+        limit: u64,
+    ) -> Result<Option<StoredPart>>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let key = format!("staging/{}", uuid::Uuid::new_v4().simple());
+        let path = Path::from(key.clone());
+        let size = self.write_stream(&path, body, Some(hasher), limit).await?;
         Ok((size > 0).then_some(StoredPart { key, size }))
     }
 
@@ -432,6 +447,33 @@ impl BlobStore {
     /// left alone (same digest, same bytes).
     pub async fn commit_parts(&self, parts: &[StoredPart], digest: &Digest) -> Result<()> {
         let target = Self::blob_path(digest);
+        if let (Some(root), false) = (&self.local_root, parts.is_empty()) {
+            // On disk: the check, the move or join, and the fsyncs in one
+            // blocking call instead of a hand-off to the blocking pool each.
+            // The kernel joins many chunks (copy_file_range): no pass through
+            // user space, no object_store part machinery.
+            let sources: Vec<_> = parts
+                .iter()
+                .map(|p| self.local_file(root, &p.key))
+                .collect();
+            let staging =
+                self.local_file(root, &format!("staging/{}", uuid::Uuid::new_v4().simple()));
+            let dest = self.local_file(root, target.as_ref());
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                if dest.exists() {
+                    return Ok(());
+                }
+                match sources.as_slice() {
+                    [one] => rename_into(one, &dest)?,
+                    many => join_files(many, &staging, &dest)?,
+                }
+                sync_file_and_dirs(&dest, &root)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            return Ok(());
+        }
         if self.exists(digest).await? {
             return Ok(());
         }
@@ -444,27 +486,10 @@ impl BlobStore {
                     .rename(&Path::from(one.key.clone()), &target)
                     .await?;
             }
-            many => match &self.local_root {
-                // On disk the kernel joins the chunks (copy_file_range): no pass
-                // through user space, no object_store part machinery.
-                Some(root) => {
-                    let file = |key: &str| {
-                        Path::from(key)
-                            .parts()
-                            .fold(root.clone(), |p, part| p.join(part.as_ref()))
-                    };
-                    let sources: Vec<_> = many.iter().map(|p| file(&p.key)).collect();
-                    let staging = file(&format!("staging/{}", uuid::Uuid::new_v4().simple()));
-                    let dest = file(target.as_ref());
-                    tokio::task::spawn_blocking(move || join_files(&sources, &staging, &dest))
-                        .await
-                        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                }
-                None => {
-                    let stream = self.concat(many);
-                    self.write_stream(&target, stream, None, u64::MAX).await?;
-                }
-            },
+            many => {
+                let stream = self.concat(many);
+                self.write_stream(&target, stream, None, u64::MAX).await?;
+            }
         }
         self.sync(&target).await
     }
@@ -524,6 +549,37 @@ impl BlobStore {
     /// Deletes upload chunks; missing ones are fine (another replica may have
     /// cleaned up first).
     pub async fn delete_parts(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(root) = &self.local_root {
+            // On disk each session's chunks sit in a directory of their own,
+            // which goes with them (else one empty directory would stay
+            // behind per upload ever made); all in one blocking call.
+            let files: Vec<_> = keys.iter().map(|k| self.local_file(root, k)).collect();
+            let uploads = root.join("uploads");
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut dirs = Vec::new();
+                for f in &files {
+                    match std::fs::remove_file(f) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => tracing::warn!(file = %f.display(), error = %e, "could not delete upload part"),
+                    }
+                    if let Some(d) = f.parent().filter(|d| d.parent() == Some(uploads.as_path())) {
+                        dirs.push(d.to_path_buf());
+                    }
+                }
+                dirs.sort();
+                dirs.dedup();
+                for d in dirs {
+                    // Fails, harmlessly, while another chunk is still there.
+                    let _ = std::fs::remove_dir(&d);
+                }
+            })
+            .await;
+            return;
+        }
         for k in keys {
             match self.store.delete(&Path::from(k.clone())).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -575,6 +631,41 @@ impl BlobStore {
 
     /// Stores a small blob whose digest the caller computed from `bytes`.
     pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            // On disk: written under another name, fsynced, renamed into place
+            // and its directories fsynced, in one blocking call.
+            let dest = self.local_file(root, Self::blob_path(digest).as_ref());
+            // Beside its destination, as object_store stages its own writes:
+            // the rename then changes one directory only.
+            let staging = dest.with_file_name(format!(
+                "{}#{}",
+                digest.hex(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                if dest.exists() {
+                    return Ok(());
+                }
+                let written = (|| {
+                    if let Some(dir) = staging.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let mut f = std::fs::File::create(&staging)?;
+                    std::io::Write::write_all(&mut f, &bytes)?;
+                    f.sync_all()?;
+                    rename_into(&staging, &dest)
+                })();
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&staging);
+                }
+                written?;
+                sync_file_and_dirs(&dest, &root)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            return Ok(());
+        }
         if self.exists(digest).await? {
             return Ok(());
         }
@@ -691,6 +782,36 @@ fn mapped_windows(
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
         }
     })
+}
+
+/// fsyncs `file`, then every directory from its own up to `root`: any of them
+/// may have just been created (a new `blobs/sha256/ab/`), and its entry in its
+/// parent must be durable too. An unchanged directory costs a disk cache flush
+/// (about 40 µs on the benchmark machine).
+fn sync_file_and_dirs(file: &std::path::Path, root: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Moves `from` to `dest`, creating `dest`'s directory if needed.
+fn rename_into(from: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::rename(from, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(from, dest)
+        }
+        r => r,
+    }
 }
 
 /// Concatenates `sources` into `staging`, then renames it to `dest` (the caller
@@ -820,5 +941,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = url::Url::from_directory_path(dir.path()).unwrap();
         suite(BlobStore::open(url.as_str()).unwrap()).await;
+    }
+
+    /// A finished upload leaves no directory of its own behind on disk, and a
+    /// blob completed by an unsynced last chunk holds exactly its bytes.
+    #[tokio::test]
+    async fn a_finished_upload_leaves_no_directory_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let store = BlobStore::open(url.as_str()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::compute(Algorithm::Sha256, &data);
+        let mut h = Algorithm::Sha256.hasher();
+        let a = store
+            .write_part("s1", 0, chunks(&data[..40_000], 4096), &mut h, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store
+            .write_last_part(chunks(&data[40_000..], 4096), &mut h, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.finish(), digest);
+        assert!(dir.path().join("uploads/s1").is_dir());
+        store
+            .commit_parts(&[a.clone(), b.clone()], &digest)
+            .await
+            .unwrap();
+        store.delete_parts(&[a.key, b.key]).await;
+        assert!(
+            !dir.path().join("uploads/s1").exists(),
+            "the session's directory stayed"
+        );
+        let got = store.read(&digest).await.unwrap();
+        assert_eq!(&got[..], &data[..]);
+
+        // A blob of one unsynced chunk lands whole too.
+        let mut h = Algorithm::Sha256.hasher();
+        let one = store
+            .write_last_part(chunks(b"second", 3), &mut h, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let d2 = h.finish();
+        store
+            .commit_parts(std::slice::from_ref(&one), &d2)
+            .await
+            .unwrap();
+        store.delete_parts(&[one.key]).await;
+        assert_eq!(&store.read(&d2).await.unwrap()[..], b"second");
+        let staged = std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 0, "a staged last chunk stayed behind");
     }
 }
