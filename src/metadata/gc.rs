@@ -109,6 +109,11 @@ impl Metadata {
                 .await?
                 .rows_affected();
             if n == 1 {
+                // A manifest's bytes, if it was one stored with its record.
+                sqlx::query("DELETE FROM manifest_content WHERE digest = $1")
+                    .bind(digest)
+                    .execute(&mut *tx)
+                    .await?;
                 audit::append(&mut *tx, origin, std::slice::from_ref(&entry)).await?;
             }
             tx.commit().await?;

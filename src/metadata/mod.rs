@@ -252,6 +252,8 @@ pub struct Referrer {
 #[derive(Debug, Clone)]
 pub struct NewManifest {
     pub digest: Digest,
+    /// The exact pushed bytes, stored with the record.
+    pub content: bytes::Bytes,
     pub media_type: String,
     pub artifact_type: Option<String>,
     pub subject: Option<Digest>,
@@ -1109,6 +1111,12 @@ impl Metadata {
                     m.digest.to_string(),
                 )));
             }
+            c.execute(
+                "INSERT INTO manifest_content (digest, content) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO NOTHING",
+                args![digest, &m.content[..]],
+            )
+            .await?;
             // Touch every blob this manifest references, in this transaction:
             // garbage collection claims only blobs untouched for its grace
             // period, so either it claimed one first (and this push fails here)
@@ -1358,6 +1366,21 @@ impl Metadata {
         .fetch_optional(p)
         .await)?;
         Ok(row.map(record))
+    }
+
+    /// The exact bytes of manifest `digest`, if they were stored with its
+    /// record (every manifest pushed since they are; older ones are files of
+    /// the blob store).
+    pub async fn manifest_content(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        let content = on_read!(self, "manifest_content", |p| {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT content FROM manifest_content WHERE digest = $1",
+            )
+            .bind(digest.as_str())
+            .fetch_optional(p)
+            .await
+        })?;
+        Ok(content)
     }
 
     /// Deletes a manifest and every tag pointing at it, unless `guard` refuses one

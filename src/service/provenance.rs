@@ -511,7 +511,7 @@ impl Registry {
     async fn read_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Bytes>> {
         match self.metadata().manifest(repo, digest).await? {
             Some(m) if m.size <= MAX_ATTESTATION_BYTES => {
-                Ok(Some(self.blob_store().read(digest).await?))
+                Ok(Some(self.manifest_bytes(digest).await?))
             }
             _ => Ok(None),
         }

@@ -853,10 +853,12 @@ impl Registry {
         let size = bytes.len() as u64;
         // Kept only when the BuildKit option may need to compare it after a refusal.
         let parsed_for_equivalence = self.rules.index_equivalence.then(|| parsed.clone());
+        // Waits out a collection deleting this digest's row; the bytes go in
+        // with the record, in its transaction.
         self.claim(&digest).await?;
-        self.blobs.put_verified(&digest, bytes.clone()).await?;
         let record = NewManifest {
             digest: digest.clone(),
+            content: bytes.clone(),
             media_type: parsed.media_type,
             artifact_type: parsed.artifact_type,
             subject: subject.clone(),
@@ -961,7 +963,7 @@ impl Registry {
                 .held
                 .parse()
                 .map_err(|_| metadata::Error::Corrupt(format!("tag {} digest", d.tag)))?;
-            let bytes = self.blobs.read(&held).await?;
+            let bytes = self.manifest_bytes(&held).await?;
             let Ok(held_manifest) = manifest::parse(&bytes, None) else {
                 return Ok(None);
             };
@@ -1073,15 +1075,22 @@ impl Registry {
             .digest
             .parse()
             .map_err(|_| metadata::Error::Corrupt(format!("manifest digest {}", record.digest)))?;
-        let bytes = match self.manifests.get(&digest) {
-            Some(b) => b,
-            None => {
-                let b = self.blobs.read(&digest).await?;
-                self.manifests.insert(digest, Bytes::copy_from_slice(&b));
-                b
-            }
-        };
+        let bytes = self.manifest_bytes(&digest).await?;
         Ok(ManifestContent { record, bytes })
+    }
+
+    /// A manifest's exact bytes: from memory, else stored with its record,
+    /// else (pushed before they were) from the blob store.
+    pub(super) async fn manifest_bytes(&self, digest: &Digest) -> Result<Bytes> {
+        if let Some(b) = self.manifests.get(digest) {
+            return Ok(b);
+        }
+        let b = match self.meta.manifest_content(digest).await? {
+            Some(content) => Bytes::from(content),
+            None => Bytes::copy_from_slice(&self.blobs.read(digest).await?),
+        };
+        self.manifests.insert(digest.clone(), b.clone());
+        Ok(b)
     }
 
     /// Deletes a manifest by digest (with its tags), or only a tag (end-9).

@@ -95,6 +95,7 @@ fn binding(t: &str, immutable: bool) -> TagBinding {
 fn manifest(seed: &[u8], subject: Option<Digest>, artifact_type: Option<&str>) -> NewManifest {
     NewManifest {
         digest: digest(seed),
+        content: bytes::Bytes::copy_from_slice(seed),
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         artifact_type: artifact_type.map(str::to_string),
         subject,
@@ -154,6 +155,11 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
         assert_eq!(rec.digest, m1.digest.as_str());
     }
     assert_eq!(meta.blob_size(&m1.digest).await.unwrap(), Some(2));
+    assert_eq!(
+        meta.manifest_content(&m1.digest).await.unwrap().as_deref(),
+        Some(&b"m1"[..]),
+        "the bytes are stored with the record"
+    );
 
     // `pinned` is immutable and holds m1: a push of m2 that also names `c` and
     // `a` changes nothing at all, not even the manifest row.
@@ -410,7 +416,35 @@ async fn referrers_are_found_by_subject(meta: &Metadata) {
     assert!(meta.referrers(&r, &sig.digest).await.unwrap().is_empty());
 }
 
+/// A collected manifest's bytes go with its row.
+async fn collection_forgets_a_manifests_bytes(meta: &Metadata) {
+    let r = repo("gone");
+    let id = meta.ensure_repository(&r).await.unwrap();
+    let m = manifest(b"short-lived", None, None);
+    let out = meta
+        .put_manifest(id, "gone", &m, &[binding("t", false)], &tester())
+        .await
+        .unwrap();
+    assert!(matches!(out, PutOutcome::Stored(_)), "{out:?}");
+    let allow = |_: &str| cairn::metadata::TagGuard::Allow {
+        rule: "test".into(),
+    };
+    let protect = |_: &cairn::metadata::ProtectionFacts| BTreeMap::new();
+    meta.delete_manifest(&r, &m.digest, &allow, &protect, &tester())
+        .await
+        .unwrap();
+    let later = cairn::metadata::now_ms() + 1;
+    // A row inserted by a push has not been touched since.
+    assert!(meta.gc_claim(m.digest.as_str(), later, 0).await.unwrap());
+    assert!(meta
+        .gc_finish(m.digest.as_str(), m.size as i64, &tester())
+        .await
+        .unwrap());
+    assert_eq!(meta.manifest_content(&m.digest).await.unwrap(), None);
+}
+
 both_stores!(
+    collection_forgets_a_manifests_bytes,
     ensure_repository_is_idempotent,
     put_manifest_binds_all_tags_or_none,
     append_upload_is_optimistic,

@@ -798,6 +798,7 @@ async fn thousands_of_artifacts_are_planned_quickly(app: TestApp) {
     let mut images = Vec::new();
     let manifest = |seed: String, children: Vec<Digest>, subject: Option<Digest>| NewManifest {
         digest: Digest::compute(cairn::domain::Algorithm::Sha256, seed.as_bytes()),
+        content: bytes::Bytes::from(seed.clone()),
         media_type: OCI_MANIFEST.into(),
         artifact_type: None,
         subject,

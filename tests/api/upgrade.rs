@@ -61,6 +61,22 @@ async fn an_older_database_is_migrated_on_start_and_keeps_its_content() {
             .await
             .unwrap();
         }
+        // The previous release kept a manifest's bytes as a file of the blob
+        // store, not in the database: put them where it did.
+        let content: Vec<u8> =
+            sqlx::query_scalar("SELECT content FROM src.manifest_content WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        let root = url::Url::parse(&old.config.storage.url)
+            .unwrap()
+            .to_file_path()
+            .unwrap();
+        let hex = digest.trim_start_matches("sha256:");
+        let file = root.join("blobs/sha256").join(&hex[..2]).join(hex);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &content).unwrap();
         sqlx::query("DETACH DATABASE src")
             .execute(&mut c)
             .await
