@@ -124,6 +124,30 @@ pub(crate) trait Exec: Send {
     }
 }
 
+/// `sql` with `args` bound in order, for a sqlx backend.
+fn bound<'q, DB>(
+    sql: &'q str,
+    args: Vec<Val>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::query::<DB>(sql);
+    for a in args {
+        q = match a {
+            Val::Null => q.bind(None::<String>),
+            Val::Int(i) => q.bind(i),
+            Val::Text(s) => q.bind(s),
+            Val::Bytes(b) => q.bind(b),
+        };
+    }
+    q
+}
+
 /// Implements [`Exec`] for a sqlx connection type.
 macro_rules! sqlx_exec {
     ($conn:ty, $db:ty) => {
@@ -134,15 +158,7 @@ macro_rules! sqlx_exec {
                 args: Vec<Val>,
             ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
                 async move {
-                    let mut q = sqlx::query::<$db>(sql);
-                    for a in args {
-                        q = match a {
-                            Val::Null => q.bind(None::<String>),
-                            Val::Int(i) => q.bind(i),
-                            Val::Text(s) => q.bind(s),
-                            Val::Bytes(b) => q.bind(b),
-                        };
-                    }
+                    let q = bound::<$db>(sql, args);
                     Ok(q.execute(&mut *self).await?.rows_affected())
                 }
                 .boxed()
@@ -154,15 +170,7 @@ macro_rules! sqlx_exec {
                 args: Vec<Val>,
             ) -> BoxFuture<'a, Result<Vec<Vec<Val>>, sqlx::Error>> {
                 async move {
-                    let mut q = sqlx::query::<$db>(sql);
-                    for a in args {
-                        q = match a {
-                            Val::Null => q.bind(None::<String>),
-                            Val::Int(i) => q.bind(i),
-                            Val::Text(s) => q.bind(s),
-                            Val::Bytes(b) => q.bind(b),
-                        };
-                    }
+                    let q = bound::<$db>(sql, args);
                     let rows = q.fetch_all(&mut *self).await?;
                     let mut out = Vec::with_capacity(rows.len());
                     for row in &rows {
