@@ -138,12 +138,6 @@ impl MeteredStore {
         self.timed("exists", self.inner.exists(digest)).await
     }
 
-    /// See [`BlobStore::put_verified`].
-    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        self.timed("put_verified", self.inner.put_verified(digest, bytes))
-            .await
-    }
-
     /// See [`BlobStore::read`].
     pub async fn read(&self, digest: &Digest) -> Result<Bytes> {
         self.timed("read", self.inner.read(digest)).await

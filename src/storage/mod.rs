@@ -629,54 +629,8 @@ impl BlobStore {
         }
     }
 
-    /// Stores a small blob whose digest the caller computed from `bytes`.
-    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        if let Some(root) = &self.local_root {
-            // On disk: written under another name, fsynced, renamed into place
-            // and its directories fsynced, in one blocking call.
-            let dest = self.local_file(root, Self::blob_path(digest).as_ref());
-            // Beside its destination, as object_store stages its own writes:
-            // the rename then changes one directory only.
-            let staging = dest.with_file_name(format!(
-                "{}#{}",
-                digest.hex(),
-                uuid::Uuid::new_v4().simple()
-            ));
-            let root = root.clone();
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                if dest.exists() {
-                    return Ok(());
-                }
-                let written = (|| {
-                    if let Some(dir) = staging.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    let mut f = std::fs::File::create(&staging)?;
-                    std::io::Write::write_all(&mut f, &bytes)?;
-                    f.sync_all()?;
-                    rename_into(&staging, &dest)
-                })();
-                if written.is_err() {
-                    let _ = std::fs::remove_file(&staging);
-                }
-                written?;
-                sync_file_and_dirs(&dest, &root)
-            })
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            return Ok(());
-        }
-        if self.exists(digest).await? {
-            return Ok(());
-        }
-        let target = Self::blob_path(digest);
-        self.store
-            .put(&target, PutPayload::from_bytes(bytes))
-            .await?;
-        self.sync(&target).await
-    }
-
-    /// Reads a whole small blob (a manifest).
+    /// Reads a whole small blob (a config, an attestation, a manifest pushed
+    /// before manifests were stored in the database).
     pub async fn read(&self, digest: &Digest) -> Result<Bytes> {
         match self.store.get(&Self::blob_path(digest)).await {
             Ok(r) => Ok(r.bytes().await?),
