@@ -386,6 +386,10 @@ impl BlobStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        if let Some(root) = &self.local_root {
+            let file = self.local_file(root, path.as_ref());
+            return write_local(file, body, hasher, limit).await;
+        }
         let mut body = std::pin::pin!(body);
         let mut first: Vec<Bytes> = Vec::new();
         let mut buffered = 0usize;
@@ -755,6 +759,164 @@ fn sync_file_and_dirs(file: &std::path::Path, root: &std::path::Path) -> std::io
     Ok(())
 }
 
+/// Bytes gathered before each write to a local file. With one batch being
+/// written while the next is read, an upload holds at most two: bounded
+/// memory (gathering a whole 1 MiB part first held 16 MiB under 16 concurrent
+/// 1 MiB pushes) with few trips to the blocking pool.
+const LOCAL_WRITE_BATCH: usize = 256 << 10;
+
+/// The batch once a body has passed [`LOCAL_WRITE_BATCH_AFTER`]: a large
+/// blob's writes cost half the trips (64 MiB pushes measured 470 MB/s with
+/// 256 KiB batches, 560–580 MB/s with 512 KiB and 470–500 MB/s with 1 MiB).
+const LOCAL_WRITE_BATCH_LARGE: usize = 512 << 10;
+const LOCAL_WRITE_BATCH_AFTER: u64 = 1 << 20;
+
+/// A write to a local file running on the blocking pool; gives the file back.
+type LocalWrite = tokio::task::JoinHandle<std::io::Result<std::fs::File>>;
+
+/// Streams `body` into the local file `file`, hashing it if a hasher is given.
+/// The file (and its directories) is created with the first bytes, so an empty
+/// body stores nothing. A failure, or the request being dropped, removes the
+/// partial file. Not fsynced: callers decide when bytes must be durable.
+async fn write_local<S, E>(
+    file: std::path::PathBuf,
+    body: S,
+    hasher: Option<&mut Hasher>,
+    limit: u64,
+) -> Result<u64>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut partial = PartialFile {
+        path: file,
+        created: false,
+        complete: false,
+    };
+    let mut inflight: Option<LocalWrite> = None;
+    let result = stream_to_local(&mut partial, &mut inflight, body, hasher, limit).await;
+    // Wait for the last write even on failure, so the file is removed after it.
+    let last = match inflight.take() {
+        Some(w) => joined(w).await.map(drop),
+        None => Ok(()),
+    };
+    let total = result?;
+    last?;
+    partial.complete = true;
+    Ok(total)
+}
+
+/// The loop of [`write_local`]: reads and hashes `body` while the previous
+/// batch is written, leaving the last write in `inflight`.
+async fn stream_to_local<S, E>(
+    partial: &mut PartialFile,
+    inflight: &mut Option<LocalWrite>,
+    body: S,
+    mut hasher: Option<&mut Hasher>,
+    limit: u64,
+) -> Result<u64>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending_len = 0usize;
+    let mut total: u64 = 0;
+    loop {
+        let next = body.next().await;
+        let end = next.is_none();
+        if let Some(chunk) = next {
+            let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&chunk);
+            }
+            pending_len += chunk.len();
+            pending.push(chunk);
+        }
+        let batch = if total > LOCAL_WRITE_BATCH_AFTER {
+            LOCAL_WRITE_BATCH_LARGE
+        } else {
+            LOCAL_WRITE_BATCH
+        };
+        if pending_len >= batch || (end && pending_len > 0) {
+            let file = match inflight.take() {
+                Some(w) => Some(joined(w).await?),
+                None => None,
+            };
+            let (path, bufs) = (partial.path.clone(), std::mem::take(&mut pending));
+            pending_len = 0;
+            partial.created = true;
+            *inflight = Some(tokio::task::spawn_blocking(move || {
+                let mut f = match file {
+                    Some(f) => f,
+                    None => create_with_dirs(&path)?,
+                };
+                write_all_vectored(&mut f, &bufs)?;
+                Ok(f)
+            }));
+        }
+        if end {
+            return Ok(total);
+        }
+    }
+}
+
+/// Writes all of `bufs` with as few `writev` calls as the kernel allows.
+fn write_all_vectored(f: &mut std::fs::File, bufs: &[Bytes]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        // At most IOV_MAX (1024 on Linux) slices per call.
+        let upto = rest.len().min(1024);
+        match f.write_vectored(&rest[..upto]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The file back from a finished [`LocalWrite`], or its error.
+async fn joined(w: LocalWrite) -> Result<std::fs::File> {
+    Ok(w.await.map_err(|e| Error::Io(std::io::Error::other(e)))??)
+}
+
+/// A file being written; removed when dropped unfinished.
+struct PartialFile {
+    path: std::path::PathBuf,
+    created: bool,
+    complete: bool,
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if self.created && !self.complete {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates (or truncates) `path`, creating its directory if needed.
+fn create_with_dirs(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    match std::fs::File::create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::File::create(path)
+        }
+        r => r,
+    }
+}
+
 /// Moves `from` to `dest`, creating `dest`'s directory if needed.
 fn rename_into(from: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
     match std::fs::rename(from, dest) {
@@ -895,6 +1057,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = url::Url::from_directory_path(dir.path()).unwrap();
         suite(BlobStore::open(url.as_str()).unwrap()).await;
+    }
+
+    /// A body that breaks off, or runs past its limit, after some of it was
+    /// written leaves no partial chunk on disk.
+    #[tokio::test]
+    async fn a_broken_body_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let store = BlobStore::open(url.as_str()).unwrap();
+        let data = vec![7u8; 3 << 20];
+        let broken = chunks(&data, 65536)
+            .chain(futures::stream::iter([Err("connection reset".to_string())]));
+        let mut h = Algorithm::Sha256.hasher();
+        let r = store.write_part("b1", 0, broken, &mut h, u64::MAX).await;
+        assert!(matches!(r, Err(Error::Body(_))), "{r:?}");
+        let mut h = Algorithm::Sha256.hasher();
+        let r = store
+            .write_last_part(chunks(&data, 65536), &mut h, 2 << 20)
+            .await;
+        assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        assert!(files.is_empty(), "left behind: {files:?}");
     }
 
     /// A finished upload leaves no directory of its own behind on disk, and a
