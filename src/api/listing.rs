@@ -11,7 +11,7 @@ use crate::metadata::Page;
 use crate::service::ReferrersQuery;
 
 /// A JSON page with an RFC 8288 `Link` to the next one when more remain.
-fn paged(base: &str, n: Option<u32>, page: &Page, body: Value) -> Response {
+fn paged(base: &str, n: Option<u32>, page: &Page, body: impl serde::Serialize) -> Response {
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     if page.more {
         if let Some(last) = page.items.last() {
@@ -29,17 +29,36 @@ fn paged(base: &str, n: Option<u32>, page: &Page, body: Value) -> Response {
     resp
 }
 
+/// A tag list page (end-8a/b), serialised straight from the page's names
+/// rather than through a copy of them as a JSON tree.
+#[derive(serde::Serialize)]
+struct TagsBody<'a> {
+    name: &'a str,
+    tags: &'a [String],
+}
+
+/// A catalog page, serialised like [`TagsBody`].
+#[derive(serde::Serialize)]
+struct CatalogBody<'a> {
+    repositories: &'a [String],
+}
+
 pub(super) async fn tags(ctx: &Ctx<'_>, repo: &RepoName) -> Result<Response, ApiError> {
     let n = number(ctx.query, "n")?;
     let page = ctx.registry.tags(repo, n, ctx.query.get("last")).await?;
-    let body = json!({"name": repo.as_str(), "tags": page.items});
+    let body = TagsBody {
+        name: repo.as_str(),
+        tags: &page.items,
+    };
     Ok(paged(&format!("/v2/{repo}/tags/list"), n, &page, body))
 }
 
 pub(super) async fn catalog(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let n = number(ctx.query, "n")?;
     let page = ctx.registry.catalog(n, ctx.query.get("last")).await?;
-    let body = json!({"repositories": page.items});
+    let body = CatalogBody {
+        repositories: &page.items,
+    };
     Ok(paged("/v2/_catalog", n, &page, body))
 }
 
