@@ -373,8 +373,10 @@ impl BlobStore {
         Ok((size > 0).then_some(StoredPart { key, size }))
     }
 
-    /// Writes a stream to `path`, hashing it if a hasher is given. Small bodies
-    /// become one PUT; larger ones a multipart upload with bounded buffering.
+    /// Writes a stream to `path`, hashing it if a hasher is given. On local
+    /// disk it goes straight into the file ([`write_local`]); elsewhere small
+    /// bodies become one PUT, larger ones a multipart upload with bounded
+    /// buffering.
     async fn write_stream<S, E>(
         &self,
         path: &Path,
@@ -792,11 +794,11 @@ where
         path: file,
         created: false,
         complete: false,
+        inflight: None,
     };
-    let mut inflight: Option<LocalWrite> = None;
-    let result = stream_to_local(&mut partial, &mut inflight, body, hasher, limit).await;
+    let result = stream_to_local(&mut partial, body, hasher, limit).await;
     // Wait for the last write even on failure, so the file is removed after it.
-    let last = match inflight.take() {
+    let last = match partial.inflight.take() {
         Some(w) => joined(w).await.map(drop),
         None => Ok(()),
     };
@@ -807,10 +809,9 @@ where
 }
 
 /// The loop of [`write_local`]: reads and hashes `body` while the previous
-/// batch is written, leaving the last write in `inflight`.
+/// batch is written, leaving the last write in `partial.inflight`.
 async fn stream_to_local<S, E>(
     partial: &mut PartialFile,
-    inflight: &mut Option<LocalWrite>,
     body: S,
     mut hasher: Option<&mut Hasher>,
     limit: u64,
@@ -844,14 +845,14 @@ where
             LOCAL_WRITE_BATCH
         };
         if pending_len >= batch || (end && pending_len > 0) {
-            let file = match inflight.take() {
+            let file = match partial.inflight.take() {
                 Some(w) => Some(joined(w).await?),
                 None => None,
             };
             let (path, bufs) = (partial.path.clone(), std::mem::take(&mut pending));
             pending_len = 0;
             partial.created = true;
-            *inflight = Some(tokio::task::spawn_blocking(move || {
+            partial.inflight = Some(tokio::task::spawn_blocking(move || {
                 let mut f = match file {
                     Some(f) => f,
                     None => create_with_dirs(&path)?,
@@ -894,12 +895,28 @@ struct PartialFile {
     path: std::path::PathBuf,
     created: bool,
     complete: bool,
+    /// The write under way, if any.
+    inflight: Option<LocalWrite>,
 }
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
-        if self.created && !self.complete {
-            let _ = std::fs::remove_file(&self.path);
+        if !self.created || self.complete {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match (self.inflight.take(), tokio::runtime::Handle::try_current()) {
+            // Dropped mid-write (the request went away): the write may yet
+            // create the file, so it is removed once that write is over.
+            (Some(w), Ok(rt)) => {
+                rt.spawn(async move {
+                    let _ = w.await;
+                    let _ = tokio::fs::remove_file(path).await;
+                });
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
@@ -1077,8 +1094,45 @@ mod tests {
             .write_last_part(chunks(&data, 65536), &mut h, 2 << 20)
             .await;
         assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
+        let files = files_under(dir.path());
+        assert!(files.is_empty(), "left behind: {files:?}");
+    }
+
+    /// A write dropped mid-body (the client went away, a timeout fired)
+    /// leaves no partial file either.
+    #[tokio::test]
+    async fn a_dropped_write_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let store = BlobStore::open(url.as_str()).unwrap();
+        let data = vec![1u8; 600 << 10];
+        let stalled = chunks(&data, 65536)
+            .chain(futures::stream::pending::<std::result::Result<Bytes, String>>());
+        let mut h = Algorithm::Sha256.hasher();
+        let write = store.write_part("d1", 0, stalled, &mut h, u64::MAX);
+        let r = tokio::time::timeout(std::time::Duration::from_millis(300), write).await;
+        assert!(
+            r.is_err(),
+            "the body never ends, so the write cannot finish"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let files = files_under(dir.path());
+            if files.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left behind: {files:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every file (not directory) under `root`.
+    fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut files = Vec::new();
-        let mut dirs = vec![dir.path().to_path_buf()];
+        let mut dirs = vec![root.to_path_buf()];
         while let Some(d) = dirs.pop() {
             for e in std::fs::read_dir(d).unwrap() {
                 let e = e.unwrap();
@@ -1089,7 +1143,7 @@ mod tests {
                 }
             }
         }
-        assert!(files.is_empty(), "left behind: {files:?}");
+        files
     }
 
     /// A finished upload leaves no directory of its own behind on disk, and a
