@@ -59,10 +59,12 @@ pub fn check(url: &str, timeout: Duration) -> anyhow::Result<()> {
         Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or(host)),
         None => parsed.host_str().unwrap_or(host).to_string(),
     };
-    write!(
-        stream,
+    // One write: `write!` on the socket itself would send each piece of the
+    // format as a segment of its own.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: cairn-healthcheck\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     // The status line is all that matters; read until it is complete.
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
@@ -111,8 +113,16 @@ mod tests {
             let addr = l.local_addr().expect("addr");
             std::thread::spawn(move || {
                 if let Ok((mut s, _)) = l.accept() {
+                    // The whole request, so closing does not reset the
+                    // connection over unread bytes before the answer is read.
+                    let mut seen = Vec::new();
                     let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf);
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     let _ = s.write_all(answer.as_bytes());
                 }
             });
