@@ -399,14 +399,7 @@ impl BlobStore {
         let mut total: u64 = 0;
         let result: Result<()> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
-                total += chunk.len() as u64;
-                if total > limit {
-                    return Err(Error::TooLarge { limit });
-                }
-                if let Some(h) = hasher.as_deref_mut() {
-                    h.update(&chunk);
-                }
+                let chunk = take_chunk(chunk, &mut total, limit, hasher.as_deref_mut())?;
                 match writer.as_mut() {
                     Some(w) => {
                         w.wait_for_capacity(2).await?;
@@ -773,6 +766,25 @@ const LOCAL_WRITE_BATCH: usize = 256 << 10;
 const LOCAL_WRITE_BATCH_LARGE: usize = 512 << 10;
 const LOCAL_WRITE_BATCH_AFTER: u64 = 1 << 20;
 
+/// One chunk of a body as it arrives: counted against `limit` into `total`
+/// and fed through `hasher`.
+fn take_chunk<E: std::fmt::Display>(
+    chunk: std::result::Result<Bytes, E>,
+    total: &mut u64,
+    limit: u64,
+    hasher: Option<&mut Hasher>,
+) -> Result<Bytes> {
+    let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
+    *total += chunk.len() as u64;
+    if *total > limit {
+        return Err(Error::TooLarge { limit });
+    }
+    if let Some(h) = hasher {
+        h.update(&chunk);
+    }
+    Ok(chunk)
+}
+
 /// A write to a local file running on the blocking pool; gives the file back.
 type LocalWrite = tokio::task::JoinHandle<std::io::Result<std::fs::File>>;
 
@@ -828,14 +840,7 @@ where
         let next = body.next().await;
         let end = next.is_none();
         if let Some(chunk) = next {
-            let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
-            total += chunk.len() as u64;
-            if total > limit {
-                return Err(Error::TooLarge { limit });
-            }
-            if let Some(h) = hasher.as_deref_mut() {
-                h.update(&chunk);
-            }
+            let chunk = take_chunk(chunk, &mut total, limit, hasher.as_deref_mut())?;
             pending_len += chunk.len();
             pending.push(chunk);
         }
