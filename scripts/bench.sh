@@ -122,7 +122,12 @@ for by in tag digest; do
     matrix+=("manifest-pull-$by-c$c|--scenario manifest-pull-$by --concurrency $c --duration $d")
   done
 done
-matrix+=("tags-list-1000-n100|--scenario tag-list --tags 1000 --page 100 --concurrency 1 --duration $d")
+# One listing is ten requests in sequence: at c1 it measures the loopback round
+# trip, at c16 how many listings the server can serve.
+matrix+=(
+  "tags-list-1000-n100|--scenario tag-list --tags 1000 --page 100 --concurrency 1 --duration $d"
+  "tags-list-1000-n100-c16|--scenario tag-list --tags 1000 --page 100 --concurrency 16 --duration $d"
+)
 
 selected=()
 for entry in "${matrix[@]}"; do
