@@ -177,6 +177,25 @@ pub struct BrokenLink {
     pub reason: String,
 }
 
+/// `($1, $2), ($3, $4)` for `rows` rows of `fields` parameters each.
+fn row_placeholders(rows: usize, fields: usize) -> String {
+    let mut sql = String::new();
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for f in 0..fields {
+            if f > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", i * fields + f + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Appends `entries` inside the caller's transaction, as pending entries: they
 /// commit or roll back with the change they record, and [`Metadata::audit_seal`]
 /// chains them later. Takes no lock that other writers wait for.
@@ -189,23 +208,11 @@ pub(super) async fn append<E: super::exec::Exec + ?Sized>(
         return Ok(());
     }
     const FIELDS: usize = 11;
-    let mut sql = String::from(
+    let sql = format!(
         "INSERT INTO audit_pending (at, actor, client, action, repository, tag, digest, result,
-                                    detail, request_id, user_agent) VALUES ",
+                                    detail, request_id, user_agent) VALUES {}",
+        row_placeholders(entries.len(), FIELDS)
     );
-    for i in 0..entries.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for f in 0..FIELDS {
-            if f > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", i * FIELDS + f + 1));
-        }
-        sql.push(')');
-    }
     let at = now_ms();
     let mut values = Vec::with_capacity(entries.len() * FIELDS);
     for e in entries {
@@ -293,6 +300,44 @@ impl Pending {
 /// Pending entries chained per sealing transaction.
 const SEAL_BATCH: i64 = 500;
 
+/// Rows per `INSERT` when sealing (14 parameters each, far below either
+/// backend's limit on parameters).
+const SEAL_ROWS_PER_INSERT: usize = 50;
+
+/// Inserts chained entries into `audit_log` with one statement.
+async fn insert_sealed<E: super::exec::Exec + ?Sized>(
+    c: &mut E,
+    group: &[AuditRecord],
+) -> std::result::Result<(), sqlx::Error> {
+    const FIELDS: usize = 14;
+    let sql = format!(
+        "INSERT INTO audit_log (id, at, actor, client, action, repository, tag, digest, result,
+                                detail, request_id, user_agent, prev_hash, hash) VALUES {}",
+        row_placeholders(group.len(), FIELDS)
+    );
+    let mut values = Vec::with_capacity(group.len() * FIELDS);
+    for rec in group {
+        values.extend(super::exec::args![
+            rec.id,
+            rec.at,
+            rec.actor.as_str(),
+            rec.client.as_deref(),
+            rec.action.as_str(),
+            rec.repository.as_deref(),
+            rec.tag.as_deref(),
+            rec.digest.as_deref(),
+            rec.result.as_str(),
+            rec.detail.as_deref(),
+            rec.request_id.as_deref(),
+            rec.user_agent.as_deref(),
+            rec.prev_hash.as_str(),
+            rec.hash.as_str(),
+        ]);
+    }
+    c.execute(&sql, values).await?;
+    Ok(())
+}
+
 const COLUMNS: &str = "id, at, actor, client, action, repository, tag, digest, result, detail,
                        request_id, user_agent, prev_hash, hash";
 
@@ -352,6 +397,7 @@ impl Metadata {
                     return Ok(Change::Rollback(0));
                 }
                 let mut seqs = Vec::with_capacity(rows.len());
+                let mut sealed = Vec::with_capacity(rows.len());
                 for (i, row) in rows.into_iter().enumerate() {
                     let r = Pending::from_row(row)?;
                     seqs.push(r.seq);
@@ -372,30 +418,14 @@ impl Metadata {
                         hash: String::new(),
                     };
                     rec.hash = chain_hash(&rec);
-                    c.execute(
-                        "INSERT INTO audit_log (id, at, actor, client, action, repository, tag,
-                                                digest, result, detail, request_id, user_agent,
-                                                prev_hash, hash)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                        args![
-                            rec.id,
-                            rec.at,
-                            rec.actor.as_str(),
-                            rec.client.as_deref(),
-                            rec.action.as_str(),
-                            rec.repository.as_deref(),
-                            rec.tag.as_deref(),
-                            rec.digest.as_deref(),
-                            rec.result.as_str(),
-                            rec.detail.as_deref(),
-                            rec.request_id.as_deref(),
-                            rec.user_agent.as_deref(),
-                            rec.prev_hash.as_str(),
-                            rec.hash.as_str(),
-                        ],
-                    )
-                    .await?;
-                    prev = rec.hash;
+                    prev = rec.hash.clone();
+                    sealed.push(rec);
+                }
+                // Many rows per statement: on PostgreSQL each statement is a
+                // round trip and a share of the server's CPU, and a busy
+                // registry seals an entry or two per push.
+                for group in sealed.chunks(SEAL_ROWS_PER_INSERT) {
+                    insert_sealed(c, group).await?;
                 }
                 // Exactly the rows chained: on PostgreSQL a row with a lower
                 // seq may still be uncommitted, and is sealed next time.
@@ -587,5 +617,16 @@ impl Metadata {
             checked,
             broken: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_placeholders;
+
+    #[test]
+    fn placeholders_number_rows_then_fields() {
+        assert_eq!(row_placeholders(1, 1), "($1)");
+        assert_eq!(row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }
