@@ -464,7 +464,7 @@ impl Metadata {
     /// transaction to share, e.g. a refused push that rolled back).
     pub async fn audit_append(&self, origin: &Origin, entries: &[AuditEntry]) -> Result<()> {
         let (origin, entries) = (origin.clone(), entries.to_vec());
-        on_batched_write!(self, "audit_append", |c| {
+        on_batched_write!(self, "audit_append", single_statement, |c| {
             append(c, &origin, &entries).await?;
             Ok::<_, sqlx::Error>(super::exec::Change::Commit(()))
         })?;

@@ -149,8 +149,19 @@ impl BeginWrite<sqlx::Postgres> for PgPool {
 /// everything it captures must be owned and it may await nothing but `$c`; on
 /// PostgreSQL it runs in a pooled connection's transaction (the server groups
 /// concurrent commits itself).
+///
+/// `on_batched_write!(self, op, single_statement, |c| …)` is for a change of
+/// exactly one statement, which is atomic on its own: PostgreSQL runs it without
+/// `BEGIN` and `COMMIT`, two round trips fewer. Its body must not return
+/// `Rollback` after writing, as nothing would undo the write.
 macro_rules! on_batched_write {
-    ($self:expr, $op:expr, |$c:ident| $body:expr) => {{
+    ($self:expr, $op:expr, single_statement, |$c:ident| $body:expr) => {
+        on_batched_write!(@run $self, $op, autocommit, |$c| $body)
+    };
+    ($self:expr, $op:expr, |$c:ident| $body:expr) => {
+        on_batched_write!(@run $self, $op, transaction, |$c| $body)
+    };
+    (@run $self:expr, $op:expr, $mode:ident, |$c:ident| $body:expr) => {{
         let started = std::time::Instant::now();
         let result = match &$self.backend {
             Backend::Sqlite { batcher, .. } => {
@@ -166,33 +177,47 @@ macro_rules! on_batched_write {
                     })
                     .await
             }
-            Backend::Postgres(pg) => {
-                async {
-                    let mut tx = pg.begin().await?;
-                    let change = async {
-                        #[allow(unused_imports)]
-                        use $crate::metadata::exec::Exec as _;
-                        let $c: &mut sqlx::PgConnection = &mut tx;
-                        $body
-                    }
-                    .await?;
-                    match change {
-                        $crate::metadata::exec::Change::Commit(v) => {
-                            tx.commit().await?;
-                            Ok(v)
-                        }
-                        $crate::metadata::exec::Change::Rollback(v) => {
-                            tx.rollback().await?;
-                            Ok(v)
-                        }
-                    }
-                }
-                .await
-            }
+            Backend::Postgres(pg) => on_batched_write!(@postgres $mode, pg, |$c| $body),
         };
         $self.observe($op, started);
         result
     }};
+    (@postgres autocommit, $pg:ident, |$c:ident| $body:expr) => {
+        async {
+            let mut conn = $pg.acquire().await?;
+            #[allow(unused_imports)]
+            use $crate::metadata::exec::Exec as _;
+            let $c: &mut sqlx::PgConnection = &mut conn;
+            match $body? {
+                $crate::metadata::exec::Change::Commit(v)
+                | $crate::metadata::exec::Change::Rollback(v) => Ok(v),
+            }
+        }
+        .await
+    };
+    (@postgres transaction, $pg:ident, |$c:ident| $body:expr) => {
+        async {
+            let mut tx = $pg.begin().await?;
+            let change = async {
+                #[allow(unused_imports)]
+                use $crate::metadata::exec::Exec as _;
+                let $c: &mut sqlx::PgConnection = &mut tx;
+                $body
+            }
+            .await?;
+            match change {
+                $crate::metadata::exec::Change::Commit(v) => {
+                    tx.commit().await?;
+                    Ok(v)
+                }
+                $crate::metadata::exec::Change::Rollback(v) => {
+                    tx.rollback().await?;
+                    Ok(v)
+                }
+            }
+        }
+        .await
+    };
 }
 
 /// Told how long each metadata operation's queries took. Implemented by the
@@ -852,7 +877,7 @@ impl Metadata {
         let now = now_ms();
         let (id, algorithm, hash_state) =
             (id.to_string(), algorithm.to_string(), hash_state.to_vec());
-        on_batched_write!(self, "create_upload", |c| {
+        on_batched_write!(self, "create_upload", single_statement, |c| {
             c.execute(
                 "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, 0, $5, $5)",
