@@ -429,10 +429,9 @@ impl Metadata {
                 }
                 // Exactly the rows chained: on PostgreSQL a row with a lower
                 // seq may still be uncommitted, and is sealed next time.
-                let list: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
                 let sql = format!(
-                    "DELETE FROM audit_pending WHERE seq IN ({})",
-                    list.join(", ")
+                    "DELETE FROM audit_pending WHERE seq IN {}",
+                    row_placeholders(1, seqs.len())
                 );
                 c.execute(&sql, seqs.into_iter().map(Val::Int).collect())
                     .await?;
