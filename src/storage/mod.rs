@@ -855,8 +855,7 @@ where
                 None => None,
             };
             let (path, bufs) = (partial.path.clone(), std::mem::take(&mut pending));
-            let start = total - pending_len as u64;
-            let early_writeback = total > LOCAL_WRITE_BATCH_AFTER;
+            let (len, early_writeback) = (pending_len as u64, total > LOCAL_WRITE_BATCH_AFTER);
             pending_len = 0;
             partial.created = true;
             partial.inflight = Some(tokio::task::spawn_blocking(move || {
@@ -866,7 +865,7 @@ where
                 };
                 write_all_vectored(&mut f, &bufs)?;
                 if early_writeback {
-                    start_writeback(&f, start, total - start);
+                    start_writeback(&f, total - len, len);
                 }
                 Ok(f)
             }));
@@ -1099,20 +1098,25 @@ mod tests {
         suite(BlobStore::open("memory://").unwrap()).await;
     }
 
-    #[tokio::test]
-    async fn local_filesystem_backend() {
+    /// A store on a fresh temporary directory, which must outlive it.
+    fn local_store() -> (tempfile::TempDir, BlobStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = url::Url::from_directory_path(dir.path()).unwrap();
-        suite(BlobStore::open(url.as_str()).unwrap()).await;
+        let store = BlobStore::open(url.as_str()).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn local_filesystem_backend() {
+        let (_dir, store) = local_store();
+        suite(store).await;
     }
 
     /// A body that breaks off, or runs past its limit, after some of it was
     /// written leaves no partial chunk on disk.
     #[tokio::test]
     async fn a_broken_body_leaves_no_partial_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let store = BlobStore::open(url.as_str()).unwrap();
+        let (dir, store) = local_store();
         let data = vec![7u8; 3 << 20];
         let broken = chunks(&data, 65536)
             .chain(futures::stream::iter([Err("connection reset".to_string())]));
@@ -1132,9 +1136,7 @@ mod tests {
     /// leaves no partial file either.
     #[tokio::test]
     async fn a_dropped_write_leaves_no_partial_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let store = BlobStore::open(url.as_str()).unwrap();
+        let (dir, store) = local_store();
         let data = vec![1u8; 600 << 10];
         let stalled = chunks(&data, 65536)
             .chain(futures::stream::pending::<std::result::Result<Bytes, String>>());
@@ -1180,9 +1182,7 @@ mod tests {
     /// blob completed by an unsynced last chunk holds exactly its bytes.
     #[tokio::test]
     async fn a_finished_upload_leaves_no_directory_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let store = BlobStore::open(url.as_str()).unwrap();
+        let (dir, store) = local_store();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         let digest = Digest::compute(Algorithm::Sha256, &data);
         let mut h = Algorithm::Sha256.hasher();
