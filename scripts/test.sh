@@ -63,14 +63,18 @@ if ! pg_up; then
     rm -f "$pwfile"
   fi
   as_root runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p 5432 -k /tmp -c max_connections=300 -c fsync=off" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p 5432 -k /tmp -c max_connections=300 -c fsync=off -c max_wal_size=256MB" start >/dev/null
 fi
 for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 pg_up || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
-# Each test creates its own database; drop those of earlier runs.
-psql "$CAIRN_TEST_POSTGRES_URL" -Atqc \
-  "SELECT datname FROM pg_database WHERE datname LIKE 'cairn\_test\_%'" 2>/dev/null |
-  while read -r db; do psql "$CAIRN_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+# Each test creates its own database (about 9 MB each, some 240 a run); they
+# are dropped after the tests, and those an interrupted run left here.
+drop_test_databases() {
+  psql "$CAIRN_TEST_POSTGRES_URL" -Atqc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'cairn\_test\_%'" 2>/dev/null |
+    while read -r db; do psql "$CAIRN_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+}
+drop_test_databases
 
 # docker-compose.yml is checked with whichever Compose there is: the
 # `docker compose` plugin, else docker-compose (v1), else Debian's docker-compose.
@@ -99,6 +103,7 @@ cargo test --locked --all-targets -- --test-threads 4
 log "cargo test: API tests with blobs on S3 (CAIRN_TEST_STORAGE=s3)"
 CAIRN_TEST_STORAGE=s3 cargo test --locked --test api -- --test-threads 4 \
   blobs:: uploads:: manifests:: immutability:: listing:: protocol:: retention::
+drop_test_databases
 
 # ---- fuzzing (bounded) --------------------------------------------------------
 # Each target replays its committed seeds (fuzz/corpus/<target>) and crash
