@@ -140,6 +140,12 @@ impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
 /// Bytes of manifests kept in memory.
 const MANIFEST_CACHE_BYTES: u64 = 32 << 20;
 
+/// How often, and how long apart, a write tries again while a garbage
+/// collection deletes the digest it writes (10 s in all; a collection deletes
+/// one blob in milliseconds).
+const CLAIM_ATTEMPTS: u32 = 100;
+const CLAIM_RETRY: Duration = Duration::from_millis(100);
+
 /// How long a count of upload sessions stands in for the table.
 const UPLOAD_COUNT_TTL: Duration = Duration::from_secs(1);
 
@@ -371,11 +377,11 @@ impl Registry {
     /// collection in progress (see `Metadata::claim_blob`). A collection deletes
     /// one blob in milliseconds; after 10 s the request fails as retryable.
     async fn claim(&self, digest: &Digest) -> Result<()> {
-        for _ in 0..100 {
+        for _ in 0..CLAIM_ATTEMPTS {
             if self.meta.claim_blob(digest).await? {
                 return Ok(());
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(CLAIM_RETRY).await;
         }
         Err(Error::Collecting(digest.to_string()))
     }
@@ -853,9 +859,6 @@ impl Registry {
         let size = bytes.len() as u64;
         // Kept only when the BuildKit option may need to compare it after a refusal.
         let parsed_for_equivalence = self.rules.index_equivalence.then(|| parsed.clone());
-        // Waits out a collection deleting this digest's row; the bytes go in
-        // with the record, in its transaction.
-        self.claim(&digest).await?;
         let record = NewManifest {
             digest: digest.clone(),
             content: bytes.clone(),
@@ -880,11 +883,25 @@ impl Registry {
                 }
             })
             .collect();
-        match self
-            .meta
-            .put_manifest(repo_id, repo.as_str(), &record, &bindings, origin)
-            .await?
-        {
+        // The bytes go in with the record, in its transaction, and that
+        // transaction refuses a digest whose row a collection is deleting: such
+        // a push waits the collection out as a blob's does (`claim`), without a
+        // separate claim before every push.
+        let mut attempts = 1;
+        let outcome = loop {
+            match self
+                .meta
+                .put_manifest(repo_id, repo.as_str(), &record, &bindings, origin)
+                .await?
+            {
+                PutOutcome::Collecting(d) if d == digest.as_str() && attempts < CLAIM_ATTEMPTS => {
+                    attempts += 1;
+                    tokio::time::sleep(CLAIM_RETRY).await;
+                }
+                outcome => break outcome,
+            }
+        };
+        match outcome {
             PutOutcome::Stored(events) => {
                 if !bindings.is_empty() {
                     // A push only adds or moves tags: cached immutable

@@ -653,6 +653,56 @@ async fn invalid_references(app: TestApp) {
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 }
 
+/// A manifest pushed again while a garbage collection deletes its digest
+/// waits for the collection to finish, then is stored afresh and served: the
+/// push neither fails nor lands in a row the collection then removes.
+async fn a_push_waits_out_the_collection_of_its_digest(app: TestApp) {
+    use cairn::metadata::{now_ms, DbOptions, Metadata, Origin};
+    use std::time::Duration;
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = app.push_blob("gc/race", config).await;
+    let m = image_manifest(&cd, config.len(), &[], None, None);
+    let d = sha256(&m);
+    let path = format!("/v2/gc/race/manifests/{d}");
+    let r = app.put_manifest("gc/race", &d, OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 201);
+    let r = app.delete(&path).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    // The collection's first step, as `cairn gc` takes it.
+    let meta = Metadata::connect(&DbOptions {
+        url: app.config.database.url.clone(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    assert!(meta.gc_claim(&d, now_ms() + 1, 0).await.unwrap());
+
+    let push = {
+        let (client, url) = (app.client.clone(), format!("{}{path}", app.base));
+        let body = m.clone();
+        tokio::spawn(async move {
+            client
+                .put(url)
+                .header("Content-Type", OCI_MANIFEST)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!push.is_finished(), "the push must wait for the collection");
+    assert!(meta
+        .gc_finish(&d, m.len() as i64, &Origin::system("gc"))
+        .await
+        .unwrap());
+    assert_eq!(push.await.unwrap(), 201);
+    assert_manifest(&app, "gc/race", &d, OCI_MANIFEST, &m).await;
+    meta.close().await;
+}
+
 both!(
     invalid_references,
     sha512_manifest_digests,
@@ -668,6 +718,7 @@ both!(
     digest_mismatch_on_put_by_digest,
     accept_negotiation,
     unknown_manifests_are_404,
+    a_push_waits_out_the_collection_of_its_digest,
 );
 
 both_db!(
