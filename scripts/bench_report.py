@@ -58,6 +58,7 @@ def main():
                 rows.append(json.loads(line))
     env = load(os.path.join(out, "env.json")) or {}
     limits = load(os.path.join(out, "limits.json")) or {}
+    limits_end = load(os.path.join(out, "limits_end.json")) or {}
 
     registries = []
     for r in rows:
@@ -115,7 +116,15 @@ def main():
         p("|---|---:|---|")
         p(f"| SHA-256, one core | {fmt(limits.get('sha256_one_core_mb_s'))} | {limits.get('sha256_tool')} |")
         p(f"| loopback TCP | {fmt(limits.get('loopback_tcp_mb_s'))} | {limits.get('loopback_tool')} |")
-        p(f"| disk write + fsync | {fmt(limits.get('disk_write_fsync_mb_s'))} | {limits.get('disk_tool')} |")
+        for key, label, tool in (
+            ("disk_write_fsync_mb_s", "disk write + fsync, 1 GiB", "disk_tool"),
+            ("disk_64mib_write_fsync_mb_s", "disk write + fsync, 64 MiB files", "disk_64mib_tool"),
+        ):
+            if limits.get(key) is None:
+                continue
+            after = limits_end.get(key)
+            after = f"; {fmt(after)} after the matrix" if after is not None else ""
+            p(f"| {label} | {fmt(limits.get(key))}{after} | {limits.get(tool)} |")
         p()
 
     reps = max((len(v) for v in by.values()), default=0)
