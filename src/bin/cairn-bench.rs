@@ -15,6 +15,8 @@
 mod payload;
 #[path = "cairn_bench/procstat.rs"]
 mod procstat;
+#[path = "cairn_bench/rawget.rs"]
+mod rawget;
 #[path = "cairn_bench/registry.rs"]
 mod registry;
 

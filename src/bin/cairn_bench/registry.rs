@@ -1,4 +1,5 @@
-//! The OCI Distribution calls the benchmark makes, over one pooled HTTP/1.1 client.
+//! The OCI Distribution calls the benchmark makes, over one pooled HTTP/1.1 client
+//! (manifest GETs and tag pages over `rawget`'s connections instead).
 //!
 //! Every URL the client follows (upload `Location`s, `Link` pages, redirects) is
 //! resolved against the base URL and refused unless it has the same origin, so the
@@ -13,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use super::payload::Blob;
+use super::rawget::RawGets;
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -25,6 +27,8 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 pub struct Registry {
     http: Client,
     base: Url,
+    /// Manifest GETs and tag pages, on `http://` registries (see `rawget`).
+    raw: Option<RawGets>,
 }
 
 impl Registry {
@@ -57,7 +61,8 @@ impl Registry {
             .redirect(redirects)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Registry { http, base })
+        let raw = RawGets::new(&base, timeout);
+        Ok(Registry { http, base, raw })
     }
 
     fn url(&self, path: &str) -> Result<Url> {
@@ -241,14 +246,21 @@ impl Registry {
     /// GET a manifest by tag or digest; checks the bytes hash to `digest`.
     pub async fn get_manifest(&self, repo: &str, reference: &str, digest: &str) -> Result<u64> {
         let u = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let r = self
-            .send(self.http.get(u).header(ACCEPT, MANIFEST_ACCEPT))
-            .await?;
-        let r = Self::expect(r, &[StatusCode::OK], "GET manifest").await?;
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| format!("GET manifest body: {e:#}"))?;
+        let body = match &self.raw {
+            Some(raw) => {
+                let r = raw.get(target(&u), Some(MANIFEST_ACCEPT)).await?;
+                raw_expect(r, StatusCode::OK, "GET manifest")?.body
+            }
+            None => {
+                let r = self
+                    .send(self.http.get(u).header(ACCEPT, MANIFEST_ACCEPT))
+                    .await?;
+                let r = Self::expect(r, &[StatusCode::OK], "GET manifest").await?;
+                r.bytes()
+                    .await
+                    .map_err(|e| format!("GET manifest body: {e:#}"))?
+            }
+        };
         let got = sha256_digest(&body);
         if got != digest {
             return Err(format!("GET manifest: content is {got}, expected {digest}"));
@@ -270,19 +282,33 @@ impl Registry {
             if pages > 100_000 {
                 return Err("tag list: more than 100000 pages".into());
             }
-            let r = self.send(self.http.get(u)).await?;
-            if r.status() == StatusCode::NOT_FOUND && pages == 1 {
-                return Ok((0, 1, 0));
-            }
-            let r = Self::expect(r, &[StatusCode::OK], "GET tags/list").await?;
-            next = match r.headers().get(LINK).and_then(|v| v.to_str().ok()) {
-                Some(l) => next_link(l).map(|t| self.resolve(&t)).transpose()?,
+            let (link, body) = match &self.raw {
+                Some(raw) => {
+                    let r = raw.get(target(&u), None).await?;
+                    if r.status == StatusCode::NOT_FOUND && pages == 1 {
+                        return Ok((0, 1, 0));
+                    }
+                    let r = raw_expect(r, StatusCode::OK, "GET tags/list")?;
+                    (header_text(&r.headers, LINK), r.body)
+                }
+                None => {
+                    let r = self.send(self.http.get(u)).await?;
+                    if r.status() == StatusCode::NOT_FOUND && pages == 1 {
+                        return Ok((0, 1, 0));
+                    }
+                    let r = Self::expect(r, &[StatusCode::OK], "GET tags/list").await?;
+                    let link = header_text(r.headers(), LINK);
+                    let body = r
+                        .bytes()
+                        .await
+                        .map_err(|e| format!("GET tags/list body: {e:#}"))?;
+                    (link, body)
+                }
+            };
+            next = match link {
+                Some(l) => next_link(&l).map(|t| self.resolve(&t)).transpose()?,
                 None => None,
             };
-            let body = r
-                .bytes()
-                .await
-                .map_err(|e| format!("GET tags/list body: {e:#}"))?;
             bytes += body.len() as u64;
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| format!("GET tags/list: bad JSON: {e}"))?;
@@ -290,6 +316,30 @@ impl Registry {
         }
         Ok((tags, pages, bytes))
     }
+}
+
+fn header_text(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The path and query of `u`, which the caller has checked is on the base URL.
+fn target(u: &Url) -> &str {
+    &u[url::Position::BeforePath..]
+}
+
+/// `r` if it has status `want`; else an error quoting the start of its body.
+fn raw_expect(
+    r: super::rawget::RawResponse,
+    want: StatusCode,
+    what: &str,
+) -> Result<super::rawget::RawResponse> {
+    if r.status == want {
+        return Ok(r);
+    }
+    let body: String = String::from_utf8_lossy(&r.body).chars().take(300).collect();
+    Err(format!("{what}: HTTP {}: {body}", r.status))
 }
 
 /// Reads and discards a response body.
