@@ -294,6 +294,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A second connection to this registry's database, as another process
+    /// (`cairn gc`, a replica) has one; for tests that act beside the server.
+    pub async fn metadata(&self) -> cairn::metadata::Metadata {
+        cairn::metadata::Metadata::connect(&cairn::metadata::DbOptions {
+            url: self.config.database.url.clone(),
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        })
+        .await
+        .expect("connect to the registry's database")
+    }
+
     /// Uploads `data` with a single POST and returns its digest.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256(data);

@@ -657,7 +657,7 @@ async fn invalid_references(app: TestApp) {
 /// waits for the collection to finish, then is stored afresh and served: the
 /// push neither fails nor lands in a row the collection then removes.
 async fn a_push_waits_out_the_collection_of_its_digest(app: TestApp) {
-    use cairn::metadata::{now_ms, DbOptions, Metadata, Origin};
+    use cairn::metadata::{now_ms, Origin};
     use std::time::Duration;
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
     let cd = app.push_blob("gc/race", config).await;
@@ -669,13 +669,7 @@ async fn a_push_waits_out_the_collection_of_its_digest(app: TestApp) {
     let r = app.delete(&path).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
     // The collection's first step, as `cairn gc` takes it.
-    let meta = Metadata::connect(&DbOptions {
-        url: app.config.database.url.clone(),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
+    let meta = app.metadata().await;
     assert!(meta.gc_claim(&d, now_ms() + 1, 0).await.unwrap());
 
     let push = {

@@ -784,14 +784,8 @@ async fn serve_collects_on_a_schedule(app: TestApp) {
 /// keeps every rollback target.
 async fn thousands_of_artifacts_are_planned_quickly(app: TestApp) {
     use cairn::domain::{Digest, RepoName, Tag};
-    use cairn::metadata::{DbOptions, Metadata, NewManifest, Origin, TagBinding};
-    let meta = Metadata::connect(&DbOptions {
-        url: app.config.database.url.clone(),
-        max_connections: 4,
-        acquire_timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
+    use cairn::metadata::{NewManifest, Origin, TagBinding};
+    let meta = app.metadata().await;
     let repo: RepoName = "svc/big".parse().unwrap();
     let id = meta.ensure_repository(&repo).await.unwrap();
     let origin = Origin::system("seed");

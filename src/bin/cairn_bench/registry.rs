@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use super::payload::Blob;
-use super::rawget::RawGets;
+use super::rawget::{RawGets, RawResponse};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -243,24 +243,31 @@ impl Registry {
         Ok(digest)
     }
 
+    /// A GET whose whole body is read: over `rawget`'s connections on
+    /// `http://` registries, else through the pooled client.
+    async fn get_small(&self, u: Url, accept: Option<&str>) -> Result<RawResponse> {
+        if let Some(raw) = &self.raw {
+            return raw.get(target(&u), accept).await;
+        }
+        let mut rb = self.http.get(u);
+        if let Some(a) = accept {
+            rb = rb.header(ACCEPT, a);
+        }
+        let r = self.send(rb).await?;
+        let (status, headers) = (r.status(), r.headers().clone());
+        let body = r.bytes().await.map_err(|e| format!("GET body: {e:#}"))?;
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
     /// GET a manifest by tag or digest; checks the bytes hash to `digest`.
     pub async fn get_manifest(&self, repo: &str, reference: &str, digest: &str) -> Result<u64> {
         let u = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let body = match &self.raw {
-            Some(raw) => {
-                let r = raw.get(target(&u), Some(MANIFEST_ACCEPT)).await?;
-                raw_expect(r, StatusCode::OK, "GET manifest")?.body
-            }
-            None => {
-                let r = self
-                    .send(self.http.get(u).header(ACCEPT, MANIFEST_ACCEPT))
-                    .await?;
-                let r = Self::expect(r, &[StatusCode::OK], "GET manifest").await?;
-                r.bytes()
-                    .await
-                    .map_err(|e| format!("GET manifest body: {e:#}"))?
-            }
-        };
+        let r = self.get_small(u, Some(MANIFEST_ACCEPT)).await?;
+        let body = raw_expect(r, StatusCode::OK, "GET manifest")?.body;
         let got = sha256_digest(&body);
         if got != digest {
             return Err(format!("GET manifest: content is {got}, expected {digest}"));
@@ -282,29 +289,12 @@ impl Registry {
             if pages > 100_000 {
                 return Err("tag list: more than 100000 pages".into());
             }
-            let (link, body) = match &self.raw {
-                Some(raw) => {
-                    let r = raw.get(target(&u), None).await?;
-                    if r.status == StatusCode::NOT_FOUND && pages == 1 {
-                        return Ok((0, 1, 0));
-                    }
-                    let r = raw_expect(r, StatusCode::OK, "GET tags/list")?;
-                    (header_text(&r.headers, LINK), r.body)
-                }
-                None => {
-                    let r = self.send(self.http.get(u)).await?;
-                    if r.status() == StatusCode::NOT_FOUND && pages == 1 {
-                        return Ok((0, 1, 0));
-                    }
-                    let r = Self::expect(r, &[StatusCode::OK], "GET tags/list").await?;
-                    let link = header_text(r.headers(), LINK);
-                    let body = r
-                        .bytes()
-                        .await
-                        .map_err(|e| format!("GET tags/list body: {e:#}"))?;
-                    (link, body)
-                }
-            };
+            let r = self.get_small(u, None).await?;
+            if r.status == StatusCode::NOT_FOUND && pages == 1 {
+                return Ok((0, 1, 0));
+            }
+            let r = raw_expect(r, StatusCode::OK, "GET tags/list")?;
+            let (link, body) = (header_text(&r.headers, LINK), r.body);
             next = match link {
                 Some(l) => next_link(&l).map(|t| self.resolve(&t)).transpose()?,
                 None => None,
@@ -330,11 +320,7 @@ fn target(u: &Url) -> &str {
 }
 
 /// `r` if it has status `want`; else an error quoting the start of its body.
-fn raw_expect(
-    r: super::rawget::RawResponse,
-    want: StatusCode,
-    what: &str,
-) -> Result<super::rawget::RawResponse> {
+fn raw_expect(r: RawResponse, want: StatusCode, what: &str) -> Result<RawResponse> {
     if r.status == want {
         return Ok(r);
     }
