@@ -230,7 +230,7 @@ pub(super) async fn append<E: super::exec::Exec + ?Sized>(
             origin.user_agent.as_deref(),
         ]);
     }
-    conn.execute(&sql, values).await?;
+    conn.defer(&sql, values).await?;
     Ok(())
 }
 

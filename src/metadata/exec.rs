@@ -104,6 +104,19 @@ pub(crate) trait Exec: Send {
         args: Vec<Val>,
     ) -> BoxFuture<'a, Result<Vec<Vec<Val>>, sqlx::Error>>;
 
+    /// Runs a write whose result the change does not read (an insert whose
+    /// row count nobody checks), at the latest before the change commits.
+    /// Where every statement is a round trip ([`PgChange`]), the writes held
+    /// back this way travel together; elsewhere it runs at once. A later
+    /// statement of the change sees its effect either way.
+    fn defer<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move { self.execute(sql, args).await.map(|_| ()) }.boxed()
+    }
+
     /// The first column of the first row, as text; `None` without a row.
     fn fetch_text<'a>(
         &'a mut self,
@@ -210,6 +223,153 @@ macro_rules! sqlx_exec {
 sqlx_exec!(sqlx::SqliteConnection, sqlx::Sqlite);
 sqlx_exec!(sqlx::PgConnection, sqlx::Postgres);
 
+/// Most parameters one combined statement of [`PgChange`] takes; PostgreSQL
+/// accepts 65,535.
+const MAX_COMBINED_ARGS: usize = 30_000;
+
+/// A change's view of its PostgreSQL transaction: each statement is a round
+/// trip to the server, and each costs the server a message, a portal and an
+/// executor start besides its work. Writes a change does not read back
+/// ([`Exec::defer`]) are held until the next statement that needs the
+/// database's state, or until commit, and then sent as one statement of
+/// data-modifying `WITH` clauses (`WITH q0 AS (INSERT …), q1 AS (INSERT …)
+/// SELECT 1`): a manifest push's seven inserts take two round trips instead of
+/// seven.
+///
+/// Held writes always run before the statement that follows them, so that
+/// statement sees their effect, as it would without the holding. Within one
+/// combined statement the writes see one snapshot and not each other's rows:
+/// only independent inserts are deferred (foreign keys between them are
+/// checked at the end of the statement, after all of them).
+pub(crate) struct PgChange<'c> {
+    conn: &'c mut sqlx::PgConnection,
+    held: Vec<(String, Vec<Val>)>,
+}
+
+impl<'c> PgChange<'c> {
+    pub(crate) fn new(conn: &'c mut sqlx::PgConnection) -> PgChange<'c> {
+        PgChange {
+            conn,
+            held: Vec::new(),
+        }
+    }
+
+    /// Runs the held writes, in one statement.
+    pub(crate) async fn flush(&mut self) -> Result<(), sqlx::Error> {
+        match self.held.len() {
+            0 => Ok(()),
+            1 => {
+                let (sql, args) = self.held.remove(0);
+                Exec::execute(&mut *self.conn, &sql, args).await.map(|_| ())
+            }
+            _ => {
+                let (sql, args) = combine(std::mem::take(&mut self.held));
+                Exec::execute(&mut *self.conn, &sql, args).await.map(|_| ())
+            }
+        }
+    }
+}
+
+impl Exec for PgChange<'_> {
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        async move {
+            self.flush().await?;
+            Exec::execute(&mut *self.conn, sql, args).await
+        }
+        .boxed()
+    }
+
+    fn fetch<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<Vec<Vec<Val>>, sqlx::Error>> {
+        async move {
+            self.flush().await?;
+            Exec::fetch(&mut *self.conn, sql, args).await
+        }
+        .boxed()
+    }
+
+    fn defer<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: Vec<Val>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let held: usize = self.held.iter().map(|(_, a)| a.len()).sum();
+            if held + args.len() > MAX_COMBINED_ARGS {
+                self.flush().await?;
+            }
+            self.held.push((sql.to_string(), args));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// One statement running every write of `held`, in order, with the
+/// parameters of each renumbered after those of the ones before it.
+fn combine(held: Vec<(String, Vec<Val>)>) -> (String, Vec<Val>) {
+    let mut sql = String::from("WITH ");
+    let mut args = Vec::new();
+    for (i, (s, a)) in held.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("q{i} AS ("));
+        sql.push_str(&shift_params(&s, args.len()));
+        sql.push(')');
+        args.extend(a);
+    }
+    sql.push_str(" SELECT 1");
+    (sql, args)
+}
+
+/// `sql` with every parameter `$n` outside string literals and quoted names
+/// written as `$(n + by)`.
+pub(crate) fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    // A doubled quote stays inside; this toggles out and the
+                    // next one back in.
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    n.push(d);
+                    chars.next();
+                }
+                match n.parse::<usize>() {
+                    Ok(n) => out.push_str(&format!("${}", n + by)),
+                    Err(_) => {
+                        out.push('$');
+                        out.push_str(&n);
+                    }
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// A failure reported by SQLite on the group-commit writer's connection, in the
 /// shape sqlx reports its own: [`super::Error::is_unavailable`] reads the code.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +430,52 @@ pub(crate) fn from_rusqlite(e: rusqlite::Error) -> sqlx::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_shifted_outside_literals_only() {
+        assert_eq!(
+            shift_params("INSERT INTO t (a, b) VALUES ($1, $2) -- $x", 3),
+            "INSERT INTO t (a, b) VALUES ($4, $5) -- $x"
+        );
+        assert_eq!(
+            shift_params(
+                "SELECT '$1', \"$2\", 'it''s $3', $10 WHERE state = 'live'",
+                2
+            ),
+            "SELECT '$1', \"$2\", 'it''s $3', $12 WHERE state = 'live'"
+        );
+        assert_eq!(shift_params("VALUES ($1, $1)", 0), "VALUES ($1, $1)");
+    }
+
+    #[test]
+    fn held_writes_combine_into_one_statement_in_order() {
+        let (sql, args) = combine(vec![
+            ("INSERT INTO a (x) VALUES ($1)".into(), args![1_i64]),
+            (
+                "INSERT INTO b (y, z) VALUES ($2, $1)".into(),
+                args!["y", "z"],
+            ),
+        ]);
+        assert_eq!(
+            sql,
+            "WITH q0 AS (INSERT INTO a (x) VALUES ($1)), q1 AS (INSERT INTO b (y, z) VALUES ($3, $2)) SELECT 1"
+        );
+        assert_eq!(args, args![1_i64, "y", "z"]);
+    }
+
+    proptest::proptest! {
+        /// Every parameter moves by the offset and nothing else changes: the
+        /// text between parameters is kept, whatever it holds.
+        #[test]
+        fn shifting_moves_every_parameter(
+            parts in proptest::collection::vec(("[a-z ,()=]{0,8}", 1usize..200), 0..12),
+            by in 0usize..1000,
+        ) {
+            let sql: String = parts.iter().map(|(t, n)| format!("{t}${n}")).collect();
+            let want: String = parts.iter().map(|(t, n)| format!("{t}${}", n + by)).collect();
+            proptest::prop_assert_eq!(shift_params(&sql, by), want);
+        }
+    }
 
     #[test]
     fn busy_is_reported_with_the_code_the_layer_retries_on() {

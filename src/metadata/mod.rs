@@ -187,8 +187,13 @@ macro_rules! on_batched_write {
             let mut conn = $pg.acquire().await?;
             #[allow(unused_imports)]
             use $crate::metadata::exec::Exec as _;
-            let $c: &mut sqlx::PgConnection = &mut conn;
-            match $body? {
+            let mut change = $crate::metadata::exec::PgChange::new(&mut conn);
+            let $c = &mut change;
+            let outcome = $body?;
+            if let $crate::metadata::exec::Change::Commit(_) = &outcome {
+                change.flush().await?;
+            }
+            match outcome {
                 $crate::metadata::exec::Change::Commit(v)
                 | $crate::metadata::exec::Change::Rollback(v) => Ok(v),
             }
@@ -198,13 +203,18 @@ macro_rules! on_batched_write {
     (@postgres transaction, $pg:ident, |$c:ident| $body:expr) => {
         async {
             let mut tx = $pg.begin().await?;
+            let mut held = $crate::metadata::exec::PgChange::new(&mut tx);
             let change = async {
                 #[allow(unused_imports)]
                 use $crate::metadata::exec::Exec as _;
-                let $c: &mut sqlx::PgConnection = &mut tx;
+                let $c = &mut held;
                 $body
             }
             .await?;
+            if let $crate::metadata::exec::Change::Commit(_) = &change {
+                held.flush().await?;
+            }
+            drop(held);
             match change {
                 $crate::metadata::exec::Change::Commit(v) => {
                     tx.commit().await?;
@@ -803,68 +813,6 @@ impl Metadata {
         Ok(outcome)
     }
 
-    /// Which of `digests` `repository_id` cannot serve as blobs.
-    pub async fn missing_blobs(
-        &self,
-        repository_id: i64,
-        digests: &[Digest],
-    ) -> Result<Vec<Digest>> {
-        self.missing_in(repository_id, digests, "repository_blobs", "missing_blobs")
-            .await
-    }
-
-    /// Which of `digests` have no row in `table` (`repository_blobs` or
-    /// `manifests`) for `repository_id`: one query for the whole list, which
-    /// travels as a JSON array.
-    async fn missing_in(
-        &self,
-        repository_id: i64,
-        digests: &[Digest],
-        table: &'static str,
-        op: &'static str,
-    ) -> Result<Vec<Digest>> {
-        if digests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list = serde_json::to_string(&digests.iter().map(Digest::as_str).collect::<Vec<_>>())
-            .map_err(|e| Error::Corrupt(format!("digest list: {e}")))?;
-        let sql = if self.backend_name() == "postgres" {
-            format!(
-                "SELECT j.d FROM json_array_elements_text($2::json) AS j(d)
-                  WHERE NOT EXISTS (SELECT 1 FROM {table} t
-                                     WHERE t.repository_id = $1 AND t.digest = j.d)"
-            )
-        } else {
-            format!(
-                "SELECT j.value FROM json_each($2) j
-                  WHERE NOT EXISTS (SELECT 1 FROM {table} t
-                                     WHERE t.repository_id = $1 AND t.digest = j.value)"
-            )
-        };
-        let rows = on_read!(self, op, |p| {
-            sqlx::query_scalar::<_, String>(&sql)
-                .bind(repository_id)
-                .bind(list.as_str())
-                .fetch_all(p)
-                .await
-        })?;
-        Ok(digests
-            .iter()
-            .filter(|d| rows.iter().any(|r| r == d.as_str()))
-            .cloned()
-            .collect())
-    }
-
-    /// Which of `digests` are not manifests of `repository_id`.
-    pub async fn missing_manifests(
-        &self,
-        repository_id: i64,
-        digests: &[Digest],
-    ) -> Result<Vec<Digest>> {
-        self.missing_in(repository_id, digests, "manifests", "missing_manifests")
-            .await
-    }
-
     // ---- uploads ------------------------------------------------------------
 
     pub async fn create_upload(
@@ -1121,19 +1069,35 @@ impl Metadata {
         // whereas `IN (SELECT json_array_elements_text(…))` is planned for 100
         // rows and read the whole blobs table on every push up to tens of
         // thousands of blobs.
-        let (blob_list, blob_states_sql) = if self.backend_name() == "postgres" {
-            (
-                pg_text_array(m.blobs.iter().map(Digest::as_str)),
-                "SELECT digest, state, touched_at FROM blobs WHERE digest = ANY($1::text[])",
-            )
-        } else {
-            (
-                serde_json::to_string(&m.blobs.iter().map(Digest::as_str).collect::<Vec<_>>())
-                    .map_err(|e| Error::Corrupt(format!("digest list: {e}")))?,
-                "SELECT digest, state, touched_at FROM blobs
-                  WHERE digest IN (SELECT value FROM json_each($1))",
-            )
-        };
+        // Each referenced blob's state, and whether this repository serves it.
+        let (blob_list, blob_states_sql, children_list, children_sql) =
+            if self.backend_name() == "postgres" {
+                (
+                    pg_text_array(m.blobs.iter().map(Digest::as_str)),
+                    "SELECT b.digest, b.state, b.touched_at,
+                            EXISTS (SELECT 1 FROM repository_blobs rb
+                                     WHERE rb.repository_id = $2 AND rb.digest = b.digest)
+                       FROM blobs b WHERE b.digest = ANY($1::text[])",
+                    pg_text_array(m.children.iter().map(Digest::as_str)),
+                    "SELECT digest FROM manifests
+                      WHERE repository_id = $2 AND digest = ANY($1::text[])",
+                )
+            } else {
+                let json = |list: &[Digest]| {
+                    serde_json::to_string(&list.iter().map(Digest::as_str).collect::<Vec<_>>())
+                        .map_err(|e| Error::Corrupt(format!("digest list: {e}")))
+                };
+                (
+                    json(&m.blobs)?,
+                    "SELECT b.digest, b.state, b.touched_at,
+                            EXISTS (SELECT 1 FROM repository_blobs rb
+                                     WHERE rb.repository_id = $2 AND rb.digest = b.digest)
+                       FROM blobs b WHERE b.digest IN (SELECT value FROM json_each($1))",
+                    json(&m.children)?,
+                    "SELECT digest FROM manifests
+                      WHERE repository_id = $2 AND digest IN (SELECT value FROM json_each($1))",
+                )
+            };
         let outcome = on_batched_write!(self, "put_manifest", |c| {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
@@ -1143,31 +1107,33 @@ impl Metadata {
                     m.digest.to_string(),
                 )));
             }
-            c.execute(
-                "INSERT INTO manifest_content (digest, content) VALUES ($1, $2)
-                 ON CONFLICT (digest) DO NOTHING",
-                args![digest, &m.content[..]],
-            )
-            .await?;
             // Touch every blob this manifest references, in this transaction:
             // garbage collection claims only blobs untouched for its grace
             // period, so either it claimed one first (and this push fails here)
-            // or it will see this reference.
-            let states = if m.touch_fresh_ms > 0 && !m.blobs.is_empty() {
-                c.fetch(blob_states_sql, args![blob_list.as_str()]).await?
+            // or it will see this reference. Unless sparse manifests are
+            // allowed, every blob must be one this repository serves, and
+            // every child manifest one of its manifests: checked here, in the
+            // transaction that records the references.
+            let states = if !m.blobs.is_empty() && (m.touch_fresh_ms > 0 || m.require_blobs) {
+                c.fetch(blob_states_sql, args![blob_list.as_str(), repository_id])
+                    .await?
             } else {
                 Vec::new()
             };
             for b in &m.blobs {
+                let row = states.iter().find_map(|row| match row.as_slice() {
+                    [Val::Text(d), Val::Text(state), at, linked] if d == b.as_str() => {
+                        Some((state.as_str(), at.as_int(), linked.as_int() == Some(1)))
+                    }
+                    _ => None,
+                });
+                if m.require_blobs && !row.is_some_and(|(_, _, linked)| linked) {
+                    return Ok(exec::Change::Rollback(PutOutcome::MissingBlob(b.clone())));
+                }
                 // A collection can claim a blob only once it is `grace` old,
                 // and this push commits long before half of that passes.
-                let fresh = states.iter().any(|row| match row.as_slice() {
-                    [Val::Text(d), Val::Text(state), at] => {
-                        d == b.as_str()
-                            && state == "live"
-                            && at.as_int().is_some_and(|at| now - at < m.touch_fresh_ms)
-                    }
-                    _ => false,
+                let fresh = row.is_some_and(|(state, at, _)| {
+                    state == "live" && at.is_some_and(|at| now - at < m.touch_fresh_ms)
                 });
                 if fresh {
                     continue;
@@ -1192,12 +1158,47 @@ impl Metadata {
                         )));
                     }
                     if m.require_blobs {
-                        // Collected since the caller checked it.
+                        // Collected since it was read.
                         return Ok(exec::Change::Rollback(PutOutcome::MissingBlob(b.clone())));
                     }
                 }
             }
-            c.execute(
+            if m.require_blobs && !m.children.is_empty() {
+                let present = c
+                    .fetch(children_sql, args![children_list.as_str(), repository_id])
+                    .await?;
+                let missing = m.children.iter().find(|child| {
+                    !present
+                        .iter()
+                        .any(|row| matches!(row.as_slice(), [Val::Text(d)] if d == child.as_str()))
+                });
+                if let Some(child) = missing {
+                    return Ok(exec::Change::Rollback(PutOutcome::MissingBlob(
+                        child.clone(),
+                    )));
+                }
+            }
+            // The tags' pins, read before the manifest's rows are written, so
+            // that those writes travel together (see `Exec::defer`).
+            let mut pins: Vec<Option<String>> = Vec::with_capacity(tags.len());
+            for t in &tags {
+                pins.push(if t.immutable {
+                    c.fetch_text(
+                        "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
+                        args![repository_id, t.tag.as_str()],
+                    )
+                    .await?
+                } else {
+                    None
+                });
+            }
+            c.defer(
+                "INSERT INTO manifest_content (digest, content) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO NOTHING",
+                args![digest, &m.content[..]],
+            )
+            .await?;
+            c.defer(
                 "INSERT INTO manifests
                    (repository_id, digest, media_type, artifact_type, subject_digest, size, annotations, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -1225,10 +1226,10 @@ impl Metadata {
                 );
                 let mut values = args![repository_id, digest];
                 values.extend(group.iter().map(|b| Val::from(b.as_str())));
-                c.execute(&sql, values).await?;
+                c.defer(&sql, values).await?;
             }
             for child in &m.children {
-                c.execute(
+                c.defer(
                     "INSERT INTO manifest_children (repository_id, parent_digest, child_digest)
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                     args![repository_id, digest, child.as_str()],
@@ -1237,15 +1238,9 @@ impl Metadata {
             }
             let mut events: Vec<TagEvent> = Vec::new();
             let mut denied: Vec<DeniedTag> = Vec::new();
-            for t in &tags {
+            for (t, pin) in tags.iter().zip(pins) {
                 let name = t.tag.as_str();
                 if t.immutable {
-                    let pin = c
-                        .fetch_text(
-                            "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
-                            args![repository_id, name],
-                        )
-                        .await?;
                     if let Some(pin) = pin.filter(|p| p != digest) {
                         // A tag that was mutable for a while may hold another
                         // digest than its pin; re-pushing what it holds is fine.
@@ -1304,7 +1299,7 @@ impl Metadata {
                     }
                 };
                 if t.immutable {
-                    c.execute(
+                    c.defer(
                         "INSERT INTO tag_pins (repository_id, tag, digest, created_at)
                          VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, tag) DO NOTHING",
                         args![repository_id, name, digest, now],
@@ -1807,7 +1802,7 @@ async fn insert_event<E: exec::Exec + ?Sized>(
     actor: &str,
     now: i64,
 ) -> std::result::Result<(), sqlx::Error> {
-    ex.execute(
+    ex.defer(
         "INSERT INTO tag_events (repository_id, tag, action, digest, previous_digest, rule, actor, at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         exec::args![
@@ -1830,7 +1825,7 @@ async fn link<E: exec::Exec + ?Sized>(
     repository_id: i64,
     digest: &Digest,
 ) -> std::result::Result<(), sqlx::Error> {
-    ex.execute(
+    ex.defer(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
          ON CONFLICT (repository_id, digest) DO NOTHING",
         exec::args![repository_id, digest.as_str(), now_ms()],

@@ -826,20 +826,13 @@ impl Registry {
             .map(|d| d.digest.clone())
             .collect();
         let children: Vec<Digest> = parsed.manifests.iter().map(|d| d.digest.clone()).collect();
-        if !self.limits.allow_sparse_manifests {
-            // Checked before the repository is created: a refused push leaves
-            // no trace (no empty repository in the catalog).
-            let existing = self.meta.repository_id(repo).await?;
-            let missing = match existing {
-                Some(id) => {
-                    let mut m = self.meta.missing_blobs(id, &blob_refs).await?;
-                    m.extend(self.meta.missing_manifests(id, &children).await?);
-                    m
-                }
-                None => blob_refs.iter().chain(&children).cloned().collect(),
-            };
-            if let Some(d) = missing.into_iter().next() {
-                return Err(Error::ManifestBlobUnknown(d));
+        if !self.limits.allow_sparse_manifests && self.meta.repository_id(repo).await?.is_none() {
+            // A repository that does not exist serves no blob: refused before
+            // it is created, so a refused push leaves no trace (no empty
+            // repository in the catalog). In one that exists, the manifest's
+            // transaction checks every reference.
+            if let Some(d) = blob_refs.iter().chain(&children).next() {
+                return Err(Error::ManifestBlobUnknown(d.clone()));
             }
         }
         let repo_id = self.meta.ensure_repository(repo).await?;
