@@ -47,6 +47,8 @@ registry_bin=/usr/bin/docker-registry
 
 log() { printf '==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=scripts/postgres.sh
+source "$root/scripts/postgres.sh"
 
 apt_install() {
   local missing=()
@@ -72,18 +74,7 @@ if [[ $REGISTRIES == *cairn-postgres* && -z ${BENCH_POSTGRES_URL:-} ]]; then
   BENCH_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:$BENCH_PG_PORT/postgres
   if ! pg_isready -q -h 127.0.0.1 -p "$BENCH_PG_PORT"; then
     log "starting the benchmark's PostgreSQL server on 127.0.0.1:$BENCH_PG_PORT"
-    pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-    pgdata="$root/target/bench-pg"
-    mkdir -p "$root/target"
-    if [ ! -f "$pgdata/PG_VERSION" ]; then
-      rm -rf "$pgdata"; mkdir -p "$pgdata"; as_root chown postgres "$pgdata"
-      pwfile=$(mktemp); echo postgres > "$pwfile"; chmod 644 "$pwfile"
-      as_root runuser -u postgres -- "$pgbin/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" -A scram-sha-256 >/dev/null
-      rm -f "$pwfile"
-    fi
-    as_root runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
-      -o "-c listen_addresses=127.0.0.1 -p $BENCH_PG_PORT -k /tmp -c max_connections=300" start >/dev/null
-    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p "$BENCH_PG_PORT" && break; sleep 1; done
+    start_private_postgres "$BENCH_PG_PORT" "$root/target/bench-pg"
   fi
 fi
 BENCH_POSTGRES_URL=${BENCH_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:$BENCH_PG_PORT/postgres}

@@ -15,6 +15,8 @@ root=$(pwd)
 log() { printf '\n==> %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=scripts/postgres.sh
+source "$root/scripts/postgres.sh"
 
 apt_install() {
   local missing=()
@@ -53,19 +55,9 @@ export CAIRN_TEST_POSTGRES_URL=${CAIRN_TEST_POSTGRES_URL:-postgres://postgres:po
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
 if ! pg_up; then
   log "starting a private PostgreSQL server on 127.0.0.1:5432"
-  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  pgdata="$root/target/pgdata"
-  mkdir -p "$root/target"
-  if [ ! -f "$pgdata/PG_VERSION" ]; then
-    rm -rf "$pgdata"; mkdir -p "$pgdata"; as_root chown postgres "$pgdata"
-    pwfile=$(mktemp); echo postgres > "$pwfile"; chmod 644 "$pwfile"
-    as_root runuser -u postgres -- "$pgbin/initdb" -D "$pgdata" -U postgres --pwfile="$pwfile" -A scram-sha-256 >/dev/null
-    rm -f "$pwfile"
-  fi
-  as_root runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p 5432 -k /tmp -c max_connections=300 -c fsync=off -c max_wal_size=256MB" start >/dev/null
+  # Tests need no durability across a crash of this machine: fsync off.
+  start_private_postgres 5432 "$root/target/pgdata" -c fsync=off -c max_wal_size=256MB
 fi
-for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 pg_up || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
 # Each test creates its own database (about 9 MB each, some 240 a run); they
 # are dropped after the tests, and those an interrupted run left here.
