@@ -697,6 +697,47 @@ async fn a_push_waits_out_the_collection_of_its_digest(app: TestApp) {
     meta.close().await;
 }
 
+/// A manifest with hundreds of layers (more than one multi-row insert of
+/// references) is checked and recorded whole: refused while one layer is
+/// missing, then stored with every layer protected by its immutable tag.
+async fn a_manifest_with_hundreds_of_layers_keeps_every_reference(app: TestApp) {
+    use futures::StreamExt as _;
+    let repo = "many/layers";
+    let config = br#"{"layers":620}"#;
+    let cd = app.push_blob(repo, config).await;
+    let bodies: Vec<Vec<u8>> = (0..620)
+        .map(|i| format!("layer {i}").into_bytes())
+        .collect();
+    let layers: Vec<(String, usize)> = bodies.iter().map(|b| (sha256(b), b.len())).collect();
+    // All but the last, sixteen at a time.
+    futures::stream::iter(&bodies[..619])
+        .for_each_concurrent(16, |b| {
+            let app = &app;
+            async move {
+                app.push_blob(repo, b).await;
+            }
+        })
+        .await;
+    let m = image_manifest(&cd, config.len(), &layers, None, None);
+
+    let r = app.put_manifest(repo, "v1", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+    assert_manifest_unknown(&app, repo, "v1").await;
+
+    app.push_blob(repo, &bodies[619]).await;
+    let r = app.put_manifest(repo, "v1", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_manifest(&app, repo, "v1", OCI_MANIFEST, &m).await;
+    // The first layer and the last (recorded by different inserts) are both
+    // references the immutable tag keeps.
+    for (d, _) in [&layers[0], &layers[619]] {
+        let r = app.delete(&format!("/v2/{repo}/blobs/{d}")).await;
+        assert_eq!(r.status(), 409, "deleting {d}");
+        assert_eq!(error_code(r).await, "DENIED");
+    }
+}
+
 both!(
     invalid_references,
     sha512_manifest_digests,
@@ -713,6 +754,7 @@ both!(
     accept_negotiation,
     unknown_manifests_are_404,
     a_push_waits_out_the_collection_of_its_digest,
+    a_manifest_with_hundreds_of_layers_keeps_every_reference,
 );
 
 both_db!(
