@@ -1178,20 +1178,6 @@ impl Metadata {
                     )));
                 }
             }
-            // The tags' pins, read before the manifest's rows are written, so
-            // that those writes travel together (see `Exec::defer`).
-            let mut pins: Vec<Option<String>> = Vec::with_capacity(tags.len());
-            for t in &tags {
-                pins.push(if t.immutable {
-                    c.fetch_text(
-                        "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
-                        args![repository_id, t.tag.as_str()],
-                    )
-                    .await?
-                } else {
-                    None
-                });
-            }
             c.defer(
                 "INSERT INTO manifest_content (digest, content) VALUES ($1, $2)
                  ON CONFLICT (digest) DO NOTHING",
@@ -1238,34 +1224,21 @@ impl Metadata {
             }
             let mut events: Vec<TagEvent> = Vec::new();
             let mut denied: Vec<DeniedTag> = Vec::new();
-            for (t, pin) in tags.iter().zip(pins) {
+            for t in &tags {
                 let name = t.tag.as_str();
-                if t.immutable {
-                    if let Some(pin) = pin.filter(|p| p != digest) {
-                        // A tag that was mutable for a while may hold another
-                        // digest than its pin; re-pushing what it holds is fine.
-                        let current = c
-                            .fetch_text(
-                                "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
-                                args![repository_id, name],
-                            )
-                            .await?;
-                        if current.as_deref() != Some(digest) {
-                            denied.push(DeniedTag {
-                                tag: name.to_string(),
-                                held: current.unwrap_or(pin),
-                                rule: t.rule.clone(),
-                                needs: None,
-                            });
-                            continue;
-                        }
-                    }
-                }
+                // The binding is inserted unless the tag exists or, for an
+                // immutable tag, a pin names another digest; those cases are
+                // sorted out below, off the common path (one statement for a
+                // new tag).
                 let inserted = c
                     .execute(
                         "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO NOTHING",
-                        args![repository_id, name, digest, now],
+                         SELECT $1, $2, $3, $4, $4
+                          WHERE $5 = 0
+                             OR NOT EXISTS (SELECT 1 FROM tag_pins
+                                             WHERE repository_id = $1 AND tag = $2 AND digest <> $3)
+                         ON CONFLICT (repository_id, name) DO NOTHING",
+                        args![repository_id, name, digest, now, i64::from(t.immutable)],
                     )
                     .await?;
                 let (action, previous) = if inserted == 1 {
@@ -1276,26 +1249,45 @@ impl Metadata {
                             "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
                             args![repository_id, name],
                         )
-                        .await?
-                        .ok_or(sqlx::Error::RowNotFound)?;
-                    if held == digest {
-                        (TagAction::Repushed, None)
-                    } else if t.immutable {
-                        denied.push(DeniedTag {
-                            tag: name.to_string(),
-                            held,
-                            rule: t.rule.clone(),
-                            needs: None,
-                        });
-                        continue;
-                    } else {
-                        c.execute(
-                            "UPDATE tags SET manifest_digest = $1, updated_at = $2
-                              WHERE repository_id = $3 AND name = $4",
-                            args![digest, now, repository_id, name],
-                        )
                         .await?;
-                        (TagAction::Moved, Some(held))
+                    let pin = if t.immutable {
+                        c.fetch_text(
+                            "SELECT digest FROM tag_pins WHERE repository_id = $1 AND tag = $2",
+                            args![repository_id, name],
+                        )
+                        .await?
+                    } else {
+                        None
+                    };
+                    match (held, pin) {
+                        // Re-pushing what the tag holds is fine, even where a
+                        // tag that was mutable for a while holds another digest
+                        // than its pin.
+                        (Some(held), _) if held == digest => (TagAction::Repushed, None),
+                        // Held elsewhere, or deleted while its pin names
+                        // another digest: an immutable tag stays where it was.
+                        (held, pin) if t.immutable => {
+                            let Some(held) = held.or(pin) else {
+                                return Err(sqlx::Error::RowNotFound);
+                            };
+                            denied.push(DeniedTag {
+                                tag: name.to_string(),
+                                held,
+                                rule: t.rule.clone(),
+                                needs: None,
+                            });
+                            continue;
+                        }
+                        (Some(held), _) => {
+                            c.execute(
+                                "UPDATE tags SET manifest_digest = $1, updated_at = $2
+                                  WHERE repository_id = $3 AND name = $4",
+                                args![digest, now, repository_id, name],
+                            )
+                            .await?;
+                            (TagAction::Moved, Some(held))
+                        }
+                        (None, _) => return Err(sqlx::Error::RowNotFound),
                     }
                 };
                 if t.immutable {
