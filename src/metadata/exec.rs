@@ -233,8 +233,8 @@ const MAX_COMBINED_ARGS: usize = 30_000;
 /// ([`Exec::defer`]) are held until the next statement that needs the
 /// database's state, or until commit, and then sent as one statement of
 /// data-modifying `WITH` clauses (`WITH q0 AS (INSERT …), q1 AS (INSERT …)
-/// SELECT 1`): a manifest push's seven inserts take two round trips instead of
-/// seven.
+/// SELECT 1`): the six inserts of a manifest push under one tag take two round
+/// trips instead of six.
 ///
 /// Held writes always run before the statement that follows them, so that
 /// statement sees their effect, as it would without the holding. Within one
@@ -332,7 +332,7 @@ fn combine(held: Vec<(String, Vec<Val>)>) -> (String, Vec<Val>) {
 
 /// `sql` with every parameter `$n` outside string literals and quoted names
 /// written as `$(n + by)`.
-pub(crate) fn shift_params(sql: &str, by: usize) -> String {
+fn shift_params(sql: &str, by: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
