@@ -254,6 +254,20 @@ impl<'c> PgChange<'c> {
         }
     }
 
+    /// Runs `statement` once the held writes have run.
+    fn after_held<'a, T: Send + 'a>(
+        &'a mut self,
+        statement: impl FnOnce(&'a mut sqlx::PgConnection) -> BoxFuture<'a, Result<T, sqlx::Error>>
+            + Send
+            + 'a,
+    ) -> BoxFuture<'a, Result<T, sqlx::Error>> {
+        async move {
+            self.flush().await?;
+            statement(&mut *self.conn).await
+        }
+        .boxed()
+    }
+
     /// Runs the held writes, in one statement.
     pub(crate) async fn flush(&mut self) -> Result<(), sqlx::Error> {
         match self.held.len() {
@@ -276,11 +290,7 @@ impl Exec for PgChange<'_> {
         sql: &'a str,
         args: Vec<Val>,
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        async move {
-            self.flush().await?;
-            Exec::execute(&mut *self.conn, sql, args).await
-        }
-        .boxed()
+        self.after_held(move |c| Exec::execute(c, sql, args))
     }
 
     fn fetch<'a>(
@@ -288,11 +298,7 @@ impl Exec for PgChange<'_> {
         sql: &'a str,
         args: Vec<Val>,
     ) -> BoxFuture<'a, Result<Vec<Vec<Val>>, sqlx::Error>> {
-        async move {
-            self.flush().await?;
-            Exec::fetch(&mut *self.conn, sql, args).await
-        }
-        .boxed()
+        self.after_held(move |c| Exec::fetch(c, sql, args))
     }
 
     fn defer<'a>(
