@@ -70,12 +70,10 @@ apt_install docker-registry postgresql curl openssl
 # synchronous_commit on): a push is acknowledged only once its commit is on disk,
 # as in production. (The test suite's server runs with fsync=off, which would
 # flatter every commit.) Set BENCH_POSTGRES_URL to use another server.
-if [[ $REGISTRIES == *cairn-postgres* && -z ${BENCH_POSTGRES_URL:-} ]]; then
-  BENCH_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:$BENCH_PG_PORT/postgres
-  if ! pg_isready -q -h 127.0.0.1 -p "$BENCH_PG_PORT"; then
-    log "starting the benchmark's PostgreSQL server on 127.0.0.1:$BENCH_PG_PORT"
-    start_private_postgres "$BENCH_PG_PORT" "$root/target/bench-pg"
-  fi
+if [[ $REGISTRIES == *cairn-postgres* && -z ${BENCH_POSTGRES_URL:-} ]] &&
+  ! pg_isready -q -h 127.0.0.1 -p "$BENCH_PG_PORT"; then
+  log "starting the benchmark's PostgreSQL server on 127.0.0.1:$BENCH_PG_PORT"
+  start_private_postgres "$BENCH_PG_PORT" "$root/target/bench-pg"
 fi
 BENCH_POSTGRES_URL=${BENCH_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:$BENCH_PG_PORT/postgres}
 pg_base=${BENCH_POSTGRES_URL%/*}   # postgres://user:pw@host:port

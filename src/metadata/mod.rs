@@ -1064,40 +1064,37 @@ impl Metadata {
         let now = now_ms();
         let (m, tags, origin, repo) = (m.clone(), tags.to_vec(), origin.clone(), repo.to_string());
         // Every statement is a round trip (to the driver's thread on SQLite, to
-        // the server on PostgreSQL), so the referenced blobs are read in one.
-        // PostgreSQL gets an array: it probes the primary key for `= ANY(array)`,
-        // whereas `IN (SELECT json_array_elements_text(…))` is planned for 100
-        // rows and read the whole blobs table on every push up to tens of
-        // thousands of blobs.
-        // Each referenced blob's state, and whether this repository serves it.
-        let (blob_list, blob_states_sql, children_list, children_sql) =
-            if self.backend_name() == "postgres" {
-                (
-                    pg_text_array(m.blobs.iter().map(Digest::as_str)),
-                    "SELECT b.digest, b.state, b.touched_at,
-                            EXISTS (SELECT 1 FROM repository_blobs rb
-                                     WHERE rb.repository_id = $2 AND rb.digest = b.digest)
-                       FROM blobs b WHERE b.digest = ANY($1::text[])",
-                    pg_text_array(m.children.iter().map(Digest::as_str)),
-                    "SELECT digest FROM manifests
-                      WHERE repository_id = $2 AND digest = ANY($1::text[])",
-                )
-            } else {
-                let json = |list: &[Digest]| {
-                    serde_json::to_string(&list.iter().map(Digest::as_str).collect::<Vec<_>>())
-                        .map_err(|e| Error::Corrupt(format!("digest list: {e}")))
-                };
-                (
-                    json(&m.blobs)?,
-                    "SELECT b.digest, b.state, b.touched_at,
-                            EXISTS (SELECT 1 FROM repository_blobs rb
-                                     WHERE rb.repository_id = $2 AND rb.digest = b.digest)
-                       FROM blobs b WHERE b.digest IN (SELECT value FROM json_each($1))",
-                    json(&m.children)?,
-                    "SELECT digest FROM manifests
-                      WHERE repository_id = $2 AND digest IN (SELECT value FROM json_each($1))",
-                )
+        // the server on PostgreSQL), so the referenced blobs (their state, and
+        // whether this repository serves each) are read in one, and the child
+        // manifests in another. PostgreSQL gets an array: it probes the primary
+        // key for `= ANY(array)`, whereas `IN (SELECT json_array_elements_text(…))`
+        // is planned for 100 rows and read the whole blobs table on every push
+        // up to tens of thousands of blobs.
+        let (in_list, blob_list, children_list) = if self.backend_name() == "postgres" {
+            (
+                "= ANY($1::text[])",
+                pg_text_array(m.blobs.iter().map(Digest::as_str)),
+                pg_text_array(m.children.iter().map(Digest::as_str)),
+            )
+        } else {
+            let json = |list: &[Digest]| {
+                serde_json::to_string(&list.iter().map(Digest::as_str).collect::<Vec<_>>())
+                    .map_err(|e| Error::Corrupt(format!("digest list: {e}")))
             };
+            (
+                "IN (SELECT value FROM json_each($1))",
+                json(&m.blobs)?,
+                json(&m.children)?,
+            )
+        };
+        let blob_states_sql = format!(
+            "SELECT b.digest, b.state, b.touched_at,
+                    EXISTS (SELECT 1 FROM repository_blobs rb
+                             WHERE rb.repository_id = $2 AND rb.digest = b.digest)
+               FROM blobs b WHERE b.digest {in_list}"
+        );
+        let children_sql =
+            format!("SELECT digest FROM manifests WHERE repository_id = $2 AND digest {in_list}");
         let outcome = on_batched_write!(self, "put_manifest", |c| {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
@@ -1115,7 +1112,7 @@ impl Metadata {
             // every child manifest one of its manifests: checked here, in the
             // transaction that records the references.
             let states = if !m.blobs.is_empty() && (m.touch_fresh_ms > 0 || m.require_blobs) {
-                c.fetch(blob_states_sql, args![blob_list.as_str(), repository_id])
+                c.fetch(&blob_states_sql, args![blob_list.as_str(), repository_id])
                     .await?
             } else {
                 Vec::new()
@@ -1165,7 +1162,7 @@ impl Metadata {
             }
             if m.require_blobs && !m.children.is_empty() {
                 let present = c
-                    .fetch(children_sql, args![children_list.as_str(), repository_id])
+                    .fetch(&children_sql, args![children_list.as_str(), repository_id])
                     .await?;
                 let missing = m.children.iter().find(|child| {
                     !present
