@@ -568,6 +568,23 @@ impl Metadata {
         }
     }
 
+    /// Runs `one` on PostgreSQL ([`exec::OneStatement`]): true if it
+    /// committed, false if a guard missed and nothing changed. Always false
+    /// on SQLite, whose changes take the group-commit writer.
+    async fn at_once(&self, op: &'static str, one: exec::OneStatement) -> Result<bool> {
+        let Backend::Postgres(pg) = &self.backend else {
+            return Ok(false);
+        };
+        let started = std::time::Instant::now();
+        let done = async {
+            let mut conn = pg.acquire().await?;
+            one.run(&mut conn).await
+        }
+        .await;
+        self.observe(op, started);
+        Ok(done?)
+    }
+
     // ---- repositories -------------------------------------------------------
 
     pub async fn repository_id(&self, name: &RepoName) -> Result<Option<i64>> {
@@ -711,6 +728,22 @@ impl Metadata {
         entry: AuditEntry,
     ) -> Result<bool> {
         let entry = entry.digest(digest.as_str());
+        if self.backend_name() == "postgres" {
+            // The common case: the blob is not being collected.
+            let mut one = exec::OneStatement::default();
+            one.guard(
+                vec![(
+                    BLOB_INSERT.to_string(),
+                    args![digest.as_str(), size as i64, now_ms()],
+                )],
+                1,
+            );
+            link(&mut one, repository_id, digest).await?;
+            audit::append(&mut one, origin, std::slice::from_ref(&entry)).await?;
+            if self.at_once("link_blob", one).await? {
+                return Ok(true);
+            }
+        }
         let (digest, origin) = (digest.clone(), origin.clone());
         let live = on_batched_write!(self, "link_blob", |c| {
             if !insert_blob(c, &digest, size).await? {
@@ -946,6 +979,30 @@ impl Metadata {
         entry: AuditEntry,
     ) -> Result<FinishOutcome> {
         let entry = entry.digest(digest.as_str());
+        if self.backend_name() == "postgres" {
+            // The common case: the session holds what was verified and the
+            // blob is not being collected.
+            let mut one = exec::OneStatement::default();
+            one.guard(
+                vec![(
+                    "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1".to_string(),
+                    args![id, recorded as i64],
+                )],
+                1,
+            );
+            one.guard(
+                vec![(
+                    BLOB_INSERT.to_string(),
+                    args![digest.as_str(), size as i64, now_ms()],
+                )],
+                1,
+            );
+            link(&mut one, repository_id, digest).await?;
+            audit::append(&mut one, origin, std::slice::from_ref(&entry)).await?;
+            if self.at_once("finish_upload", one).await? {
+                return Ok(FinishOutcome::Done);
+            }
+        }
         let (id, digest, origin) = (id.to_string(), digest.clone(), origin.clone());
         let outcome = on_batched_write!(self, "finish_upload", |c| {
             let n = c
@@ -1095,10 +1152,27 @@ impl Metadata {
         );
         let children_sql =
             format!("SELECT digest FROM manifests WHERE repository_id = $2 AND digest {in_list}");
+        if m.require_blobs && self.backend_name() == "postgres" {
+            let mut one = exec::OneStatement::default();
+            let events = manifest_push_at_once(
+                &mut one,
+                repository_id,
+                &repo,
+                &m,
+                annotations.as_deref(),
+                &tags,
+                &origin,
+                now,
+                (&blob_list, &children_list),
+            )
+            .await?;
+            if self.at_once("put_manifest", one).await? {
+                return Ok(PutOutcome::Stored(events));
+            }
+        }
         let outcome = on_batched_write!(self, "put_manifest", |c| {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
-            let actor = origin.actor.as_str();
             if !insert_blob(c, &m.digest, m.size).await? {
                 return Ok(exec::Change::Rollback(PutOutcome::Collecting(
                     m.digest.to_string(),
@@ -1175,50 +1249,7 @@ impl Metadata {
                     )));
                 }
             }
-            c.defer(
-                "INSERT INTO manifest_content (digest, content) VALUES ($1, $2)
-                 ON CONFLICT (digest) DO NOTHING",
-                args![digest, &m.content[..]],
-            )
-            .await?;
-            c.defer(
-                "INSERT INTO manifests
-                   (repository_id, digest, media_type, artifact_type, subject_digest, size, annotations, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (repository_id, digest) DO NOTHING",
-                args![
-                    repository_id,
-                    digest,
-                    m.media_type.as_str(),
-                    m.artifact_type.as_deref(),
-                    m.subject.as_ref().map(|s| s.as_str()),
-                    m.size as i64,
-                    annotations.as_deref(),
-                    now,
-                ],
-            )
-            .await?;
-            for group in m.blobs.chunks(500) {
-                let rows: Vec<String> = (0..group.len())
-                    .map(|i| format!("($1, $2, ${})", i + 3))
-                    .collect();
-                let sql = format!(
-                    "INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest)
-                     VALUES {} ON CONFLICT DO NOTHING",
-                    rows.join(", ")
-                );
-                let mut values = args![repository_id, digest];
-                values.extend(group.iter().map(|b| Val::from(b.as_str())));
-                c.defer(&sql, values).await?;
-            }
-            for child in &m.children {
-                c.defer(
-                    "INSERT INTO manifest_children (repository_id, parent_digest, child_digest)
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    args![repository_id, digest, child.as_str()],
-                )
-                .await?;
-            }
+            record_manifest(c, repository_id, m, annotations.as_deref(), now).await?;
             let mut events: Vec<TagEvent> = Vec::new();
             let mut denied: Vec<DeniedTag> = Vec::new();
             for t in &tags {
@@ -1229,12 +1260,7 @@ impl Metadata {
                 // new tag).
                 let inserted = c
                     .execute(
-                        "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
-                         SELECT $1, $2, $3, $4, $4
-                          WHERE $5 = 0
-                             OR NOT EXISTS (SELECT 1 FROM tag_pins
-                                             WHERE repository_id = $1 AND tag = $2 AND digest <> $3)
-                         ON CONFLICT (repository_id, name) DO NOTHING",
+                        TAG_INSERT,
                         args![repository_id, name, digest, now, i64::from(t.immutable)],
                     )
                     .await?;
@@ -1287,14 +1313,6 @@ impl Metadata {
                         (None, _) => return Err(sqlx::Error::RowNotFound),
                     }
                 };
-                if t.immutable {
-                    c.defer(
-                        "INSERT INTO tag_pins (repository_id, tag, digest, created_at)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, tag) DO NOTHING",
-                        args![repository_id, name, digest, now],
-                    )
-                    .await?;
-                }
                 events.push(TagEvent {
                     tag: name.to_string(),
                     action,
@@ -1306,20 +1324,7 @@ impl Metadata {
             if !denied.is_empty() {
                 return Ok::<_, sqlx::Error>(exec::Change::Rollback(PutOutcome::Denied(denied)));
             }
-            for e in &events {
-                insert_event(c, repository_id, e, actor, now).await?;
-            }
-            let mut entries = vec![AuditEntry::ok("manifest.push", repo).digest(digest).detail(
-                serde_json::json!({
-                    "media_type": m.media_type,
-                    "artifact_type": m.artifact_type,
-                    "subject": m.subject.as_ref().map(|s| s.as_str()),
-                    "size": m.size,
-                    "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
-                }),
-            )];
-            entries.extend(events.iter().map(|e| tag_entry(repo, e)));
-            audit::append(c, &origin, &entries).await?;
+            record_bindings(c, repository_id, repo, m, &tags, &events, &origin, now).await?;
             Ok(exec::Change::Commit(PutOutcome::Stored(events)))
         })?;
         Ok(outcome)
@@ -1759,29 +1764,231 @@ fn page(mut rows: Vec<String>, n: u32) -> Page {
     Page { items: rows, more }
 }
 
-/// `INSERT` of a blob row, valid in both dialects, on any connection.
-///
-/// Records a stored blob, or marks an existing one as just used. Returns false
-/// when garbage collection has claimed the row (`state = 'deleting'`): its
+/// Records a stored blob, or marks an existing one as just used: one row comes
+/// back when it was inserted or updated, none when garbage collection has
+/// claimed the row (`state = 'deleting'`). Parameters: digest, size, now.
+const BLOB_INSERT: &str = "INSERT INTO blobs (digest, size, created_at, touched_at, state)
+     VALUES ($1, $2, $3, $3, 'live')
+     ON CONFLICT (digest) DO UPDATE SET touched_at = $3, touches = blobs.touches + 1
+       WHERE blobs.state = 'live'
+     RETURNING state";
+
+/// Binds a new tag: inserts nothing when the tag exists or, for an immutable
+/// tag ($5 = 1), when its pin names another digest. Parameters: repository id,
+/// tag, digest, now, immutable.
+const TAG_INSERT: &str =
+    "INSERT INTO tags (repository_id, name, manifest_digest, created_at, updated_at)
+     SELECT $1, $2, $3, $4, $4
+      WHERE $5 = 0
+         OR NOT EXISTS (SELECT 1 FROM tag_pins
+                         WHERE repository_id = $1 AND tag = $2 AND digest <> $3)
+     ON CONFLICT (repository_id, name) DO NOTHING";
+
+/// `INSERT` of a blob row ([`BLOB_INSERT`]), valid in both dialects, on any
+/// connection. Returns false when garbage collection has claimed the row: its
 /// bytes may be gone, so the caller must roll back and not make them visible.
 async fn insert_blob<E: exec::Exec + ?Sized>(
     ex: &mut E,
     digest: &Digest,
     size: u64,
 ) -> std::result::Result<bool, sqlx::Error> {
-    // A row comes back when it was inserted or updated; none when the
-    // conflicting row is being collected.
     let state = ex
         .fetch(
-            "INSERT INTO blobs (digest, size, created_at, touched_at, state)
-             VALUES ($1, $2, $3, $3, 'live')
-             ON CONFLICT (digest) DO UPDATE SET touched_at = $3, touches = blobs.touches + 1
-               WHERE blobs.state = 'live'
-             RETURNING state",
+            BLOB_INSERT,
             exec::args![digest.as_str(), size as i64, now_ms()],
         )
         .await?;
     Ok(!state.is_empty())
+}
+
+/// The rows of manifest `m` itself: its bytes, its record, and its references
+/// to blobs and child manifests. Writes only, held where the connection holds
+/// writes ([`exec::Exec::defer`]).
+async fn record_manifest<E: exec::Exec + ?Sized>(
+    c: &mut E,
+    repository_id: i64,
+    m: &NewManifest,
+    annotations: Option<&str>,
+    now: i64,
+) -> std::result::Result<(), sqlx::Error> {
+    let digest = m.digest.as_str();
+    c.defer(
+        "INSERT INTO manifest_content (digest, content) VALUES ($1, $2)
+         ON CONFLICT (digest) DO NOTHING",
+        args![digest, &m.content[..]],
+    )
+    .await?;
+    c.defer(
+        "INSERT INTO manifests
+           (repository_id, digest, media_type, artifact_type, subject_digest, size, annotations, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+        args![
+            repository_id,
+            digest,
+            m.media_type.as_str(),
+            m.artifact_type.as_deref(),
+            m.subject.as_ref().map(|s| s.as_str()),
+            m.size as i64,
+            annotations,
+            now,
+        ],
+    )
+    .await?;
+    for group in m.blobs.chunks(500) {
+        let rows: Vec<String> = (0..group.len())
+            .map(|i| format!("($1, $2, ${})", i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest)
+             VALUES {} ON CONFLICT DO NOTHING",
+            rows.join(", ")
+        );
+        let mut values = args![repository_id, digest];
+        values.extend(group.iter().map(|b| Val::from(b.as_str())));
+        c.defer(&sql, values).await?;
+    }
+    for child in &m.children {
+        c.defer(
+            "INSERT INTO manifest_children (repository_id, parent_digest, child_digest)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            args![repository_id, digest, child.as_str()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// What a push that bound `tags` to `m` leaves besides the bindings: the pins
+/// of its immutable tags, the tag history of `events`, and its audit entries.
+#[allow(clippy::too_many_arguments)] // the push, its outcome and its origin
+async fn record_bindings<E: exec::Exec + ?Sized>(
+    c: &mut E,
+    repository_id: i64,
+    repo: &str,
+    m: &NewManifest,
+    tags: &[TagBinding],
+    events: &[TagEvent],
+    origin: &Origin,
+    now: i64,
+) -> std::result::Result<(), sqlx::Error> {
+    let digest = m.digest.as_str();
+    for t in tags.iter().filter(|t| t.immutable) {
+        c.defer(
+            "INSERT INTO tag_pins (repository_id, tag, digest, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, tag) DO NOTHING",
+            args![repository_id, t.tag.as_str(), digest, now],
+        )
+        .await?;
+    }
+    for e in events {
+        insert_event(c, repository_id, e, origin.actor.as_str(), now).await?;
+    }
+    let mut entries =
+        vec![AuditEntry::ok("manifest.push", repo)
+            .digest(digest)
+            .detail(serde_json::json!({
+                "media_type": m.media_type,
+                "artifact_type": m.artifact_type,
+                "subject": m.subject.as_ref().map(|s| s.as_str()),
+                "size": m.size,
+                "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
+            }))];
+    entries.extend(events.iter().map(|e| tag_entry(repo, e)));
+    audit::append(c, origin, &entries).await
+}
+
+/// The common manifest push on PostgreSQL, as one statement
+/// ([`exec::OneStatement`]): the manifest's blob row is live, every referenced
+/// blob is live and served by the repository (touched unless fresh), every
+/// child manifest is present, and every tag is new. Fills `one` and returns
+/// the tag events it records; if a guard misses when it runs, the general
+/// transaction of [`Metadata::put_manifest`] settles the push.
+#[allow(clippy::too_many_arguments)] // the push, its context and its lists
+async fn manifest_push_at_once(
+    one: &mut exec::OneStatement,
+    repository_id: i64,
+    repo: &str,
+    m: &NewManifest,
+    annotations: Option<&str>,
+    tags: &[TagBinding],
+    origin: &Origin,
+    now: i64,
+    (blob_list, children_list): (&str, &str),
+) -> std::result::Result<Vec<TagEvent>, sqlx::Error> {
+    let distinct = |list: &[Digest]| {
+        list.iter()
+            .map(Digest::as_str)
+            .collect::<std::collections::HashSet<_>>()
+            .len() as i64
+    };
+    let digest = m.digest.as_str();
+    one.guard(
+        vec![(BLOB_INSERT.to_string(), args![digest, m.size as i64, now])],
+        1,
+    );
+    if !m.blobs.is_empty() {
+        // Fresh ones as read, the others touched (a row a collection claimed
+        // meanwhile is not): together, every blob.
+        let served = "b.digest = ANY($1::text[]) AND b.state = 'live'
+             AND EXISTS (SELECT 1 FROM repository_blobs rb
+                          WHERE rb.repository_id = $2 AND rb.digest = b.digest)";
+        let fresh_after = now - m.touch_fresh_ms;
+        one.guard(
+            vec![
+                (
+                    format!("SELECT 1 FROM blobs b WHERE {served} AND b.touched_at > $3"),
+                    args![blob_list, repository_id, fresh_after],
+                ),
+                (
+                    format!(
+                        "UPDATE blobs b SET touched_at = $4, touches = b.touches + 1
+                          WHERE {served} AND b.touched_at <= $3 RETURNING 1"
+                    ),
+                    args![blob_list, repository_id, fresh_after, now],
+                ),
+            ],
+            distinct(&m.blobs),
+        );
+    }
+    if !m.children.is_empty() {
+        one.guard(
+            vec![(
+                "SELECT 1 FROM manifests WHERE repository_id = $2 AND digest = ANY($1::text[])"
+                    .to_string(),
+                args![children_list, repository_id],
+            )],
+            distinct(&m.children),
+        );
+    }
+    for t in tags {
+        one.guard(
+            vec![(
+                format!("{TAG_INSERT} RETURNING 1"),
+                args![
+                    repository_id,
+                    t.tag.as_str(),
+                    digest,
+                    now,
+                    i64::from(t.immutable)
+                ],
+            )],
+            1,
+        );
+    }
+    record_manifest(one, repository_id, m, annotations, now).await?;
+    let events: Vec<TagEvent> = tags
+        .iter()
+        .map(|t| TagEvent {
+            tag: t.tag.to_string(),
+            action: TagAction::Created,
+            digest: digest.to_string(),
+            previous_digest: None,
+            rule: t.rule.clone(),
+        })
+        .collect();
+    record_bindings(one, repository_id, repo, m, tags, &events, origin, now).await?;
+    Ok(events)
 }
 
 async fn insert_event<E: exec::Exec + ?Sized>(
