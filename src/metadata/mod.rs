@@ -731,15 +731,7 @@ impl Metadata {
         if self.backend_name() == "postgres" {
             // The common case: the blob is not being collected.
             let mut one = exec::OneStatement::default();
-            one.guard(
-                vec![(
-                    BLOB_INSERT.to_string(),
-                    args![digest.as_str(), size as i64, now_ms()],
-                )],
-                1,
-            );
-            link(&mut one, repository_id, digest).await?;
-            audit::append(&mut one, origin, std::slice::from_ref(&entry)).await?;
+            link_at_once(&mut one, repository_id, digest, size, origin, &entry).await?;
             if self.at_once("link_blob", one).await? {
                 return Ok(true);
             }
@@ -990,15 +982,7 @@ impl Metadata {
                 )],
                 1,
             );
-            one.guard(
-                vec![(
-                    BLOB_INSERT.to_string(),
-                    args![digest.as_str(), size as i64, now_ms()],
-                )],
-                1,
-            );
-            link(&mut one, repository_id, digest).await?;
-            audit::append(&mut one, origin, std::slice::from_ref(&entry)).await?;
+            link_at_once(&mut one, repository_id, digest, size, origin, &entry).await?;
             if self.at_once("finish_upload", one).await? {
                 return Ok(FinishOutcome::Done);
             }
@@ -1801,6 +1785,30 @@ async fn insert_blob<E: exec::Exec + ?Sized>(
     Ok(!state.is_empty())
 }
 
+/// Guards `one` on [`BLOB_INSERT`] of `digest`: the row is inserted or
+/// touched, not claimed by a collection.
+fn guard_blob_row(one: &mut exec::OneStatement, digest: &str, size: u64, now: i64) {
+    one.guard(
+        vec![(BLOB_INSERT.to_string(), args![digest, size as i64, now])],
+        1,
+    );
+}
+
+/// What making a stored blob visible in a repository writes, added to `one`:
+/// the blob's row (guarded: not being collected), the link and its audit entry.
+async fn link_at_once(
+    one: &mut exec::OneStatement,
+    repository_id: i64,
+    digest: &Digest,
+    size: u64,
+    origin: &Origin,
+    entry: &AuditEntry,
+) -> std::result::Result<(), sqlx::Error> {
+    guard_blob_row(one, digest.as_str(), size, now_ms());
+    link(one, repository_id, digest).await?;
+    audit::append(one, origin, std::slice::from_ref(entry)).await
+}
+
 /// The rows of manifest `m` itself: its bytes, its record, and its references
 /// to blobs and child manifests. Writes only, held where the connection holds
 /// writes ([`exec::Exec::defer`]).
@@ -1923,10 +1931,7 @@ async fn manifest_push_at_once(
             .len() as i64
     };
     let digest = m.digest.as_str();
-    one.guard(
-        vec![(BLOB_INSERT.to_string(), args![digest, m.size as i64, now])],
-        1,
-    );
+    guard_blob_row(one, digest, m.size, now);
     if !m.blobs.is_empty() {
         // Fresh ones as read, the others touched (a row a collection claimed
         // meanwhile is not): together, every blob.
