@@ -2,14 +2,20 @@
 //! attestations pushed with an image, and what the image says of itself in its
 //! annotations and labels; and the auditor's questions over all of it.
 //!
-//! **Extraction never fails or slows a push.** [`Registry::extract_provenance`]
-//! is called once the manifest is committed and only spawns a task; that task
-//! reads small blobs (at most [`MAX_ATTESTATION_BYTES`] each, size checked
-//! before reading), and a document it cannot use is recorded as unparsed
-//! (`parsed = false` with the reason) rather than refused. Its own failures are
-//! logged. At most [`EXTRACTION_SLOTS`] extractions run at once per process.
+//! **Extraction never fails a push, and slows one only to bound memory.**
+//! [`Registry::extract_provenance`] is called once the manifest is committed and
+//! only spawns a task; that task reads small blobs (at most
+//! [`MAX_ATTESTATION_BYTES`] each, size checked before reading), and a document
+//! it cannot use is recorded as unparsed (`parsed = false` with the reason)
+//! rather than refused. Its own failures are logged. At most
+//! [`EXTRACTION_SLOTS`] extractions run at once per process, and at most
+//! [`EXTRACTION_QUEUE`] wait: a push that finds the queue full waits for a
+//! place, so pushes faster than extraction cannot grow the process without
+//! bound. An image config's labels are read once per config digest
+//! (content-addressed: they never change) and then kept in a small cache.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -32,8 +38,47 @@ use crate::metadata::{
 /// reaches megabytes).
 pub const MAX_ATTESTATION_BYTES: u64 = crate::domain::provenance::DEFAULT_MAX_BYTES as u64;
 /// Extractions running at once in one process; the rest wait their turn, in
-/// their own tasks, so pushes never wait for them.
+/// their own tasks, so pushes do not wait for them.
 pub const EXTRACTION_SLOTS: usize = 2;
+/// Extractions waiting at most; beyond it a push waits for a place (each
+/// holds its manifest, a few KiB at most in the common case).
+pub const EXTRACTION_QUEUE: usize = 1024;
+/// Bytes of config labels kept (the five source labels of each config).
+const LABELS_CACHE_BYTES: u64 = 1 << 20;
+
+/// The source labels of an image config (`None` when the config could not be
+/// read or parsed).
+type Labels = Arc<BTreeMap<String, String>>;
+
+/// Extraction's shared state in a process.
+pub(super) struct Extraction {
+    slots: tokio::sync::Semaphore,
+    queue: Arc<tokio::sync::Semaphore>,
+    labels: quick_cache::sync::Cache<Digest, Labels, LabelsWeight>,
+}
+
+impl Extraction {
+    pub(super) fn new() -> Extraction {
+        Extraction {
+            slots: tokio::sync::Semaphore::new(EXTRACTION_SLOTS),
+            queue: Arc::new(tokio::sync::Semaphore::new(EXTRACTION_QUEUE)),
+            labels: quick_cache::sync::Cache::with_weighter(1024, LABELS_CACHE_BYTES, LabelsWeight),
+        }
+    }
+}
+
+/// Weighs cached labels by their size.
+#[derive(Clone)]
+struct LabelsWeight;
+
+impl quick_cache::Weighter<Digest, Labels> for LabelsWeight {
+    fn weight(&self, _: &Digest, v: &Labels) -> u64 {
+        v.iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64 + 48)
+            .sum::<u64>()
+            + 160
+    }
+}
 
 /// DSSE envelopes (cosign attestations, in-toto tooling).
 const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
@@ -282,26 +327,37 @@ impl Registry {
     /// Reads provenance out of a manifest just pushed, in a task of its own:
     /// the push has already succeeded and does not wait. `tags` are the tags
     /// the push bound (for cosign's `sha256-<hex>.att` scheme).
-    pub(super) fn extract_provenance(
+    /// `verified`: the push checked, in its transaction, that the repository
+    /// serves every blob the manifest references (so its config's labels may
+    /// come from the cache).
+    pub(super) async fn extract_provenance(
         &self,
         repo: &RepoName,
         digest: &Digest,
         tags: &[Tag],
         bytes: Bytes,
+        verified: bool,
         origin: &Origin,
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(%digest, "no async runtime: provenance not extracted");
             return;
         };
+        // A place in the queue (`Err`: the semaphore was closed, which never
+        // happens; extraction then simply proceeds).
+        let place = self.extraction().queue.clone().acquire_owned().await.ok();
         let this = self.clone();
         let repo = repo.clone();
         let digest = digest.clone();
         let tags = tags.to_vec();
         let origin = origin.clone();
         runtime.spawn(async move {
-            let _slot = this.extraction_slot().await;
-            if let Err(e) = this.extract(&repo, &digest, &tags, &bytes, &origin).await {
+            let _place = place;
+            let _slot = this.extraction().slots.acquire().await.ok();
+            if let Err(e) = this
+                .extract(&repo, &digest, &tags, &bytes, verified, &origin)
+                .await
+            {
                 tracing::warn!(repository = %repo, %digest, error = %e, "provenance extraction failed");
             }
         });
@@ -313,13 +369,15 @@ impl Registry {
         digest: &Digest,
         tags: &[Tag],
         bytes: &[u8],
+        verified: bool,
         origin: &Origin,
     ) -> Result<()> {
         let Ok(doc) = serde_json::from_slice::<Doc>(bytes) else {
             return Ok(());
         };
         let mut pending = Pending::new();
-        self.labels(repo, digest, &doc, &mut pending).await?;
+        self.labels(repo, digest, &doc, verified, &mut pending)
+            .await?;
         // (a) BuildKit: an index listing attestation manifests of its platforms.
         for d in &doc.manifests {
             if d.annotations.get(REFERENCE_TYPE).map(String::as_str) != Some("attestation-manifest")
@@ -396,35 +454,26 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         doc: &Doc,
+        verified: bool,
         pending: &mut Pending,
     ) -> Result<()> {
-        let mut labels = BTreeMap::new();
+        let mut from_labels = BTreeMap::new();
         if let Some(config) = &doc.config {
             let image_config =
                 config.media_type == OCI_CONFIG || config.media_type == DOCKER_CONFIG;
             if let (true, Ok(d)) = (image_config, config.digest.parse::<Digest>()) {
-                if let Some(Ok(bytes)) = self.read_small_blob(repo, &d).await? {
-                    if let Ok(c) = serde_json::from_slice::<ImageConfig>(&bytes) {
-                        labels = c.config.and_then(|c| c.labels).unwrap_or_default();
-                    }
+                let cached = verified.then(|| self.extraction().labels.get(&d)).flatten();
+                let labels = match cached {
+                    Some(l) => Some(l),
+                    None => self.config_labels(repo, &d).await?,
+                };
+                if let Some(l) = labels {
+                    from_labels = (*l).clone();
                 }
             }
         }
         // Annotations describe this very artifact: they win over inherited labels.
-        let keys = [
-            LABEL_SOURCE,
-            LABEL_REVISION,
-            LABEL_CREATED,
-            LABEL_VERSION,
-            LABEL_AUTHORS,
-        ];
-        let pick = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            m.iter()
-                .filter(|(k, _)| keys.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
-        let (from_labels, from_annotations) = (pick(&labels), pick(&doc.annotations));
+        let from_annotations = pick_source_labels(&doc.annotations);
         let mut merged = from_labels.clone();
         merged.extend(from_annotations.clone());
         let facts = label_facts(&merged);
@@ -450,6 +499,21 @@ impl Registry {
                 document: Some(document),
             });
         Ok(())
+    }
+
+    /// The source labels of config `d`, if `repo` serves it and it parses;
+    /// kept in the cache once read.
+    async fn config_labels(&self, repo: &RepoName, d: &Digest) -> Result<Option<Labels>> {
+        let Some(Ok(bytes)) = self.read_small_blob(repo, d).await? else {
+            return Ok(None);
+        };
+        let Ok(c) = serde_json::from_slice::<ImageConfig>(&bytes) else {
+            return Ok(None);
+        };
+        let all = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let labels = Arc::new(pick_source_labels(&all));
+        self.extraction().labels.insert(d.clone(), labels.clone());
+        Ok(Some(labels))
     }
 
     /// Reads one attestation layer about `subject` and adds what it says, or why
@@ -535,6 +599,21 @@ impl Registry {
         }
         Ok(Some(Ok(self.blob_store().read(digest).await?)))
     }
+}
+
+/// The labels and annotations that say something about an artifact's source.
+fn pick_source_labels(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    const KEYS: [&str; 5] = [
+        LABEL_SOURCE,
+        LABEL_REVISION,
+        LABEL_CREATED,
+        LABEL_VERSION,
+        LABEL_AUTHORS,
+    ];
+    m.iter()
+        .filter(|(k, _)| KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn attestation_error(e: &ProvenanceError) -> String {

@@ -128,22 +128,26 @@ pub struct Registry {
     /// new session is checked against this and the table is counted at most
     /// every [`UPLOAD_COUNT_TTL`] instead of on every `POST`.
     upload_count: Arc<std::sync::Mutex<(Option<Instant>, u64)>>,
-    /// Provenance extractions allowed to run at once (see `service::provenance`).
-    extractions: Arc<tokio::sync::Semaphore>,
+    /// Provenance extraction's turns, queue and labels cache (see
+    /// `service::provenance`).
+    extraction: Arc<super::provenance::Extraction>,
 }
 
-/// Weighs cached manifests by their size, so the cache is bounded in bytes.
+/// Weighs cached manifests by the memory an entry takes (bytes, key and the
+/// cache's own bookkeeping), so the cache is bounded in bytes.
 #[derive(Clone)]
 struct ManifestWeight;
 
 impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
-    fn weight(&self, _: &Digest, bytes: &Bytes) -> u64 {
-        bytes.len() as u64 + 64
+    fn weight(&self, d: &Digest, bytes: &Bytes) -> u64 {
+        (bytes.len() + d.as_str().len()) as u64 + 160
     }
 }
 
-/// Bytes of manifests kept in memory.
-const MANIFEST_CACHE_BYTES: u64 = 32 << 20;
+/// Bytes of manifests kept in memory: some ten thousand image manifests, the
+/// hot set of a large registry, while the whole process stays below the
+/// reference registry's footprint (BENCHMARKS.md).
+const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
 
 /// How often, and how long apart, a write tries again while a garbage
 /// collection deletes the digest it writes (10 s in all; a collection deletes
@@ -176,7 +180,7 @@ pub const TAG_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const TAG_LIST_CACHE_MAX: u32 = 10_000;
 
 /// Bytes of tag lists kept in memory.
-const TAG_LIST_CACHE_BYTES: u64 = 16 << 20;
+const TAG_LIST_CACHE_BYTES: u64 = 4 << 20;
 
 /// A repository's sorted tag names, and when they were read.
 type TagList = (Instant, Arc<Vec<String>>);
@@ -218,9 +222,7 @@ impl Registry {
             )),
             tag_generation: Arc::new(AtomicU64::new(0)),
             upload_count: Arc::new(std::sync::Mutex::new((None, 0))),
-            extractions: Arc::new(tokio::sync::Semaphore::new(
-                super::provenance::EXTRACTION_SLOTS,
-            )),
+            extraction: Arc::new(super::provenance::Extraction::new()),
         }
     }
 
@@ -228,10 +230,8 @@ impl Registry {
         &self.blobs
     }
 
-    /// Waits for a turn to extract provenance (`None`: the semaphore was closed,
-    /// which never happens; extraction then simply proceeds).
-    pub(super) async fn extraction_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.extractions.acquire().await.ok()
+    pub(super) fn extraction(&self) -> &Arc<super::provenance::Extraction> {
+        &self.extraction
     }
 
     /// The immutability decision for a tag, and the rule that made it.
@@ -967,13 +967,15 @@ impl Registry {
                     // bindings stay right, only the listing changes.
                     self.forget_tag_list(repo);
                 }
-                let tags: Vec<Tag> = bindings.iter().map(|b| b.tag.clone()).collect();
-                self.extract_provenance(repo, &digest, &tags, bytes.clone(), origin);
                 // A copy of its own: the request's bytes may be a slice of the
-                // connection's whole read buffer, which the cache would then pin
-                // while weighing only the manifest.
-                self.manifests
-                    .insert(digest.clone(), Bytes::copy_from_slice(&bytes));
+                // connection's whole read buffer, which the cache and the
+                // extraction task would then pin while holding only the manifest.
+                let own = Bytes::copy_from_slice(&bytes);
+                let tags: Vec<Tag> = bindings.iter().map(|b| b.tag.clone()).collect();
+                let verified = !self.limits.allow_sparse_manifests;
+                self.extract_provenance(repo, &digest, &tags, own.clone(), verified, origin)
+                    .await;
+                self.manifests.insert(digest.clone(), own);
                 for e in events {
                     tracing::info!(tag = %e.tag, action = e.action.as_str(), digest = %e.digest, rule = %e.rule, "tag event");
                 }

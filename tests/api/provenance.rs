@@ -659,6 +659,67 @@ async fn buildx_attestations_pushed_by_skopeo(app: TestApp) {
     );
 }
 
+/// One image config in two repositories and under two manifests: every
+/// manifest gets its labels record (a config's labels are read once, then
+/// come from memory), and each is found by the commit its config names.
+async fn labels_of_a_shared_config_reach_every_manifest(app: TestApp) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": {
+            "org.opencontainers.image.source": REPO_URL,
+            "org.opencontainers.image.revision": commit,
+            "org.opencontainers.image.version": "4.5.6",
+            "unrelated": "x",
+        }},
+    })
+    .to_string();
+    let mut pushed = Vec::new();
+    for (repo, tag) in [
+        ("prov/shared-a", "v1"),
+        ("prov/shared-b", "v1"),
+        ("prov/shared-b", "v2"),
+    ] {
+        let cd = app.push_blob(repo, config.as_bytes()).await;
+        let layer = format!("layer of {repo}:{tag}");
+        let ld = app.push_blob(repo, layer.as_bytes()).await;
+        let m = image_manifest(&cd, config.len(), &[(ld, layer.len())], None, None);
+        let r = app.put_manifest(repo, tag, OCI_MANIFEST, &m).await;
+        assert_eq!(r.status(), 201);
+        pushed.push((repo, sha256(&m)));
+    }
+    let q = format!("/api/v1/provenance?revision={commit}");
+    let v = wait_for(&app, &q, |v| v["artifacts"].as_array().unwrap().len() == 3).await;
+    let mut found: Vec<(String, String)> = v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["source"], "labels", "{v:#}");
+            (
+                a["repository"].as_str().unwrap().to_string(),
+                a["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut want: Vec<(String, String)> = pushed
+        .iter()
+        .map(|(r, d)| (r.to_string(), d.clone()))
+        .collect();
+    want.sort();
+    assert_eq!(found, want);
+    for (repo, digest) in &pushed {
+        let all = get_json(&app, &format!("/api/v1/provenance/{repo}@{digest}")).await;
+        let labels = records(&all)
+            .iter()
+            .find(|r| r["source"] == "labels")
+            .expect("labels record");
+        assert_eq!(labels["facts"]["version"], "4.5.6");
+        assert!(labels["document"]["labels"].get("unrelated").is_none());
+    }
+}
+
 /// oras-py attaches a DSSE-wrapped statement to an image as a referrer; the
 /// image is then found by commit.
 async fn oras_referrer_attestation(app: TestApp) {
@@ -786,6 +847,7 @@ crate::both!(
     malformed_attestations_never_fail_a_push,
     buildx_attestations_pushed_by_skopeo,
     oras_referrer_attestation,
+    labels_of_a_shared_config_reach_every_manifest,
     openapi_describes_every_route,
 );
 crate::both!(with moving_latest: ci_statements_are_stored_and_searchable);
