@@ -1253,7 +1253,12 @@ impl Registry {
         n.unwrap_or(self.limits.max_page).min(self.limits.max_page)
     }
 
-    pub async fn tags(&self, repo: &RepoName, n: Option<u32>, last: Option<&str>) -> Result<Page> {
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<TagPage> {
         let n = self.page_size(n);
         let cached = match self.tag_lists.get(repo) {
             Some((at, all)) if at.elapsed() < TAG_CACHE_TTL => Some(all),
@@ -1277,12 +1282,19 @@ impl Registry {
             }
         };
         match cached {
-            Some(all) => Ok(page_of(&all, last, n)),
-            None => self
-                .meta
-                .list_tags(repo, last, n)
-                .await?
-                .ok_or_else(|| Error::NameUnknown(repo.clone())),
+            Some(all) => Ok(page_of(all, last, n)),
+            None => {
+                let page = self
+                    .meta
+                    .list_tags(repo, last, n)
+                    .await?
+                    .ok_or_else(|| Error::NameUnknown(repo.clone()))?;
+                Ok(TagPage {
+                    range: 0..page.items.len(),
+                    names: Arc::new(page.items),
+                    more: page.more,
+                })
+            }
         }
     }
 
@@ -1305,13 +1317,30 @@ impl Registry {
     }
 }
 
+/// A page of a repository's tags: a window on its sorted list, which a
+/// cached list shares with every page served from it (no copy of the names).
+#[derive(Debug, Clone)]
+pub struct TagPage {
+    names: Arc<Vec<String>>,
+    range: std::ops::Range<usize>,
+    /// More tags follow this page.
+    pub more: bool,
+}
+
+impl TagPage {
+    pub fn items(&self) -> &[String] {
+        self.names.get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
 /// The page of `all` (sorted) after `last`, at most `n` names.
-fn page_of(all: &[String], last: Option<&str>, n: u32) -> Page {
+fn page_of(all: Arc<Vec<String>>, last: Option<&str>, n: u32) -> TagPage {
     let start = last.map_or(0, |l| all.partition_point(|t| t.as_str() <= l));
     let end = start.saturating_add(n as usize).min(all.len());
-    Page {
-        items: all[start..end].to_vec(),
+    TagPage {
         more: end < all.len(),
+        range: start..end,
+        names: all,
     }
 }
 
@@ -1334,17 +1363,18 @@ mod tests {
             n in 1u32..20,
         ) {
             let all: Vec<String> = names.into_iter().collect();
+            let shared = std::sync::Arc::new(all.clone());
             let mut seen = Vec::new();
             let mut last: Option<String> = None;
             loop {
-                let p = page_of(&all, last.as_deref(), n);
-                prop_assert!(p.items.len() <= n as usize);
-                seen.extend(p.items.iter().cloned());
+                let p = page_of(shared.clone(), last.as_deref(), n);
+                prop_assert!(p.items().len() <= n as usize);
+                seen.extend(p.items().iter().cloned());
                 if !p.more {
                     break;
                 }
-                prop_assert_eq!(p.items.len(), n as usize);
-                last = p.items.last().cloned();
+                prop_assert_eq!(p.items().len(), n as usize);
+                last = p.items().last().cloned();
             }
             prop_assert_eq!(seen, all);
         }
@@ -1356,9 +1386,9 @@ mod tests {
             last in "[a-z]{1,4}",
         ) {
             let all: Vec<String> = names.into_iter().collect();
-            let p = page_of(&all, Some(&last), 1000);
+            let p = page_of(std::sync::Arc::new(all.clone()), Some(&last), 1000);
             let want: Vec<String> = all.iter().filter(|t| t.as_str() > last.as_str()).cloned().collect();
-            prop_assert_eq!(p.items, want);
+            prop_assert_eq!(p.items(), want.as_slice());
             prop_assert!(!p.more);
         }
     }
