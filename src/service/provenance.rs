@@ -325,8 +325,9 @@ impl Registry {
     // ---- from the push -------------------------------------------------------
 
     /// Reads provenance out of a manifest just pushed, in a task of its own:
-    /// the push has already succeeded and does not wait. `tags` are the tags
-    /// the push bound (for cosign's `sha256-<hex>.att` scheme).
+    /// the push has already succeeded and waits only for a place in the queue
+    /// ([`EXTRACTION_QUEUE`]), not for the extraction. `tags` are the tags the
+    /// push bound (for cosign's `sha256-<hex>.att` scheme).
     /// `verified`: the push checked, in its transaction, that the repository
     /// serves every blob the manifest references (so its config's labels may
     /// come from the cache).
