@@ -42,8 +42,7 @@ impl Registry {
             .ok_or_else(|| Error::NameUnknown(repo.clone()))
     }
 
-    /// Upload sessions that have received a chunk (every replica's); an
-    /// opened session without one has no row.
+    /// Upload sessions open in the database (every replica's).
     pub async fn uploads_in_progress(&self) -> Result<u64> {
         Ok(self.metadata().count_uploads().await?)
     }
