@@ -177,7 +177,9 @@ pub struct LimitsConfig {
     /// deleted; 0 keeps them forever.
     pub upload_expiry_secs: u64,
     /// Open upload sessions allowed at once (all repositories); beyond it a new
-    /// upload gets 429 with `Retry-After`. 0: no limit.
+    /// upload gets 429 with `Retry-After`. 0: no limit. Counted as the sessions
+    /// holding chunks plus those opened in the last second: an opened session
+    /// that has received nothing is only its id.
     pub max_upload_sessions: u64,
     /// A client must send a request's headers within this many seconds of
     /// connecting or of its previous request (slow-loris); else the connection
@@ -433,6 +435,7 @@ impl Config {
             allow_sparse_manifests: self.limits.allow_sparse_manifests,
             max_page: self.limits.max_page.max(1),
             max_upload_sessions: self.limits.max_upload_sessions,
+            upload_expiry: std::time::Duration::from_secs(self.limits.upload_expiry_secs),
             body_idle_timeout: std::time::Duration::from_secs(self.limits.body_idle_timeout_secs),
             gc_grace: std::time::Duration::from_secs(self.gc.grace_secs),
             pull_redirect: self.storage.s3.pull_redirect(),

@@ -1,8 +1,9 @@
-//! Paths, digests, names, tags and range headers come straight from requests.
+//! Paths, digests, names, tags, upload session ids and range headers come
+//! straight from requests.
 #![no_main]
 
 use cairn::api::routes::Route;
-use cairn::domain::{ByteRange, ContentRange, Digest, Reference, RepoName};
+use cairn::domain::{ByteRange, ContentRange, Digest, Reference, RepoName, SessionId};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(n.as_str(), s);
     }
     let _ = s.parse::<Reference>();
+    if let Some(id) = SessionId::parse(s) {
+        assert_eq!(id.to_string(), s);
+        let _ = id.belongs_to(s);
+    }
     if let Ok(r) = ContentRange::parse(s) {
         assert!(r.start <= r.end);
     }

@@ -10,7 +10,9 @@ pub mod media;
 pub mod name;
 pub mod provenance;
 pub mod range;
+pub mod session;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use range::{ByteRange, ContentRange, RangeError};
+pub use session::SessionId;

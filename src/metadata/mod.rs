@@ -17,7 +17,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-use crate::domain::{Digest, RepoName, Tag};
+use crate::domain::{Digest, RepoName, SessionId, Tag};
 use crate::storage::StoredPart;
 use exec::{args, Val};
 
@@ -263,6 +263,24 @@ pub struct Upload {
     pub hash_state: Vec<u8>,
     pub size: u64,
     pub parts: Vec<StoredPart>,
+    /// The session has an `uploads` row. A session opened by id alone
+    /// ([`SessionId`]) gets one with its first chunk.
+    pub stored: bool,
+}
+
+impl Upload {
+    /// A session opened by `id` that has no row yet: empty, its hash fresh.
+    pub fn opened(id: SessionId, repository_id: i64) -> Upload {
+        Upload {
+            id: id.to_string(),
+            repository_id,
+            algorithm: id.algorithm().as_str().to_string(),
+            hash_state: id.algorithm().hasher().save(),
+            size: 0,
+            parts: Vec::new(),
+            stored: false,
+        }
+    }
 }
 
 /// A stored manifest's index entry (its bytes are a blob).
@@ -840,28 +858,6 @@ impl Metadata {
 
     // ---- uploads ------------------------------------------------------------
 
-    pub async fn create_upload(
-        &self,
-        repository_id: i64,
-        id: &str,
-        algorithm: &str,
-        hash_state: &[u8],
-    ) -> Result<()> {
-        let now = now_ms();
-        let (id, algorithm, hash_state) =
-            (id.to_string(), algorithm.to_string(), hash_state.to_vec());
-        on_batched_write!(self, "create_upload", single_statement, |c| {
-            c.execute(
-                "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 0, $5, $5)",
-                args![id.as_str(), repository_id, algorithm.as_str(), hash_state.as_slice(), now],
-            )
-            .await?;
-            Ok::<_, sqlx::Error>(exec::Change::Commit(()))
-        })?;
-        Ok(())
-    }
-
     /// The session `id` of repository `repo`, with its parts in order.
     pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<Upload>> {
         // One query (each is a round trip to the driver's thread on SQLite):
@@ -911,22 +907,72 @@ impl Metadata {
             hash_state,
             size: size as u64,
             parts,
+            stored: true,
         }))
+    }
+
+    /// Whether session `id` ended (was finished or cancelled) while it had no
+    /// row to delete.
+    pub async fn upload_ended(&self, id: &str) -> Result<bool> {
+        let ended = on_read!(self, "upload_ended", |p| sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM ended_uploads WHERE id = $1)"
+        )
+        .bind(id)
+        .fetch_one(p)
+        .await)?;
+        Ok(ended)
+    }
+
+    /// Forgets the ends of sessions opened before `floor` (a
+    /// [`SessionId::floor`]): their ids have expired anyway.
+    pub async fn prune_ended_uploads(&self, floor: &str) -> Result<u64> {
+        let floor = floor.to_string();
+        let n = on_write!(self, "prune_ended_uploads", |p| sqlx::query(
+            "DELETE FROM ended_uploads WHERE id < $1"
+        )
+        .bind(floor.as_str())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n)
     }
 
     /// Appends a stored chunk to upload `id` if the upload is still at
     /// `expected_size`. Returns false when another request moved it first (the
     /// caller then deletes its chunk): two replicas can never both append at one
     /// offset.
+    ///
+    /// A session without a row gets one first, unless it has ended.
     pub async fn append_upload(
         &self,
-        id: &str,
-        expected_size: u64,
+        u: &Upload,
         part: &StoredPart,
         hash_state: &[u8],
     ) -> Result<bool> {
-        let (id, part, hash_state) = (id.to_string(), part.clone(), hash_state.to_vec());
+        let (part, hash_state) = (part.clone(), hash_state.to_vec());
+        let (id, expected_size) = (u.id.clone(), u.size);
+        let opened = (!u.stored).then(|| {
+            let at = SessionId::parse(&u.id).map_or_else(now_ms, |s| s.opened_ms());
+            (
+                u.repository_id,
+                u.algorithm.clone(),
+                u.hash_state.clone(),
+                at,
+            )
+        });
         let ok = on_batched_write!(self, "append_upload", |c| {
+            if let Some((repository_id, algorithm, initial, at)) = &opened {
+                // Another request may have stored it meanwhile: then the
+                // size check below decides.
+                c.execute(
+                    "INSERT INTO uploads (id, repository_id, algorithm, hash_state, size, created_at, updated_at)
+                     SELECT $1, $2, $3, $4, 0, $5, $5
+                      WHERE NOT EXISTS (SELECT 1 FROM ended_uploads WHERE id = $1)
+                     ON CONFLICT (id) DO NOTHING",
+                    args![id.as_str(), *repository_id, algorithm.as_str(), initial.as_slice(), *at],
+                )
+                .await?;
+            }
             let n = c
                 .execute(
                     "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3
@@ -953,52 +999,64 @@ impl Metadata {
         Ok(ok)
     }
 
-    /// Completes upload `id`: the blob becomes visible in the repository and the
-    /// session disappears, in one transaction. Returns false if the session was
-    /// already gone (finished or cancelled concurrently).
+    /// Completes upload `u`: the blob becomes visible in the repository and the
+    /// session ends, in one transaction. Returns `Gone` if the session already
+    /// ended (finished or cancelled concurrently).
     ///
-    /// Only if the session still holds `recorded` bytes, the state the caller
-    /// verified: a chunk that arrived meanwhile makes this return false.
-    #[allow(clippy::too_many_arguments)] // the upload's state, its result and its audit record
+    /// Only if the session still holds `u.size` bytes, the state the caller
+    /// verified: a chunk that arrived meanwhile makes this return `Gone`.
     pub async fn finish_upload(
         &self,
-        id: &str,
-        repository_id: i64,
-        recorded: u64,
+        u: &Upload,
         digest: &Digest,
         size: u64,
         origin: &Origin,
         entry: AuditEntry,
     ) -> Result<FinishOutcome> {
         let entry = entry.digest(digest.as_str());
+        let (id, repository_id, recorded) = (u.id.as_str(), u.repository_id, u.size as i64);
+        // A session opened by id ends by recording its end; one with a row also
+        // loses the row.
+        let by_id = SessionId::parse(id).is_some();
         if self.backend_name() == "postgres" {
             // The common case: the session holds what was verified and the
             // blob is not being collected.
             let mut one = exec::OneStatement::default();
-            one.guard(
-                vec![(
-                    "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1".to_string(),
-                    args![id, recorded as i64],
-                )],
-                1,
-            );
+            if u.stored {
+                one.guard(
+                    vec![(
+                        "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1".to_string(),
+                        args![id, recorded],
+                    )],
+                    1,
+                );
+            }
+            if by_id {
+                one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![id])], 1);
+            }
             link_at_once(&mut one, repository_id, digest, size, origin, &entry).await?;
             if self.at_once("finish_upload", one).await? {
                 return Ok(FinishOutcome::Done);
             }
         }
-        let (id, digest, origin) = (id.to_string(), digest.clone(), origin.clone());
+        let (id, stored, digest, origin) =
+            (id.to_string(), u.stored, digest.clone(), origin.clone());
         let outcome = on_batched_write!(self, "finish_upload", |c| {
-            let n = c
-                .execute(
-                    "DELETE FROM uploads WHERE id = $1 AND size = $2",
-                    args![id.as_str(), recorded as i64],
-                )
-                .await?;
-            if n != 1 {
+            if stored {
+                let n = c
+                    .execute(
+                        "DELETE FROM uploads WHERE id = $1 AND size = $2",
+                        args![id.as_str(), recorded],
+                    )
+                    .await?;
+                if n != 1 {
+                    return Ok(exec::Change::Rollback(FinishOutcome::Gone));
+                }
+                // Its upload_parts rows go with it (ON DELETE CASCADE).
+            }
+            if by_id && c.execute(END_UPLOAD, args![id.as_str()]).await? != 1 {
                 return Ok(exec::Change::Rollback(FinishOutcome::Gone));
             }
-            // Its upload_parts rows go with it (ON DELETE CASCADE).
             if !insert_blob(c, &digest, size).await? {
                 return Ok(exec::Change::Rollback(FinishOutcome::Collecting));
             }
@@ -1054,28 +1112,38 @@ impl Metadata {
         Ok(keys)
     }
 
-    /// Deletes upload `id` of `repo`, returning its chunks' keys for cleanup.
-    pub async fn delete_upload(&self, repo: &RepoName, id: &str) -> Result<Option<Vec<String>>> {
-        if self.upload(repo, id).await?.is_none() {
-            return Ok(None);
-        }
+    /// Cancels upload `u`, returning its chunks' keys for cleanup; `None` if it
+    /// ended meanwhile.
+    pub async fn delete_upload(&self, u: &Upload) -> Result<Option<Vec<String>>> {
+        let id = u.id.clone();
+        let by_id = SessionId::parse(&id).is_some();
         let keys = on_write!(self, "delete_upload", |p| {
             let mut tx = p.begin_write().await?;
-            // Every part, including one appended since the check above.
+            let ended = if by_id {
+                sqlx::query(END_UPLOAD)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                0
+            };
+            // Every part, including one appended since the caller read it.
             let keys = sqlx::query_scalar::<_, String>(
                 "DELETE FROM upload_parts WHERE upload_id = $1 RETURNING object_key",
             )
-            .bind(id)
+            .bind(id.as_str())
             .fetch_all(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(id)
+            let deleted = sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id.as_str())
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
             tx.commit().await?;
-            Ok::<Vec<String>, sqlx::Error>(keys)
+            Ok::<_, sqlx::Error>((ended + deleted > 0).then_some(keys))
         })?;
-        Ok(Some(keys))
+        Ok(keys)
     }
 
     // ---- manifests and tags -------------------------------------------------
@@ -1128,14 +1196,6 @@ impl Metadata {
                 json(&m.children)?,
             )
         };
-        let blob_states_sql = format!(
-            "SELECT b.digest, b.state, b.touched_at,
-                    EXISTS (SELECT 1 FROM repository_blobs rb
-                             WHERE rb.repository_id = $2 AND rb.digest = b.digest)
-               FROM blobs b WHERE b.digest {in_list}"
-        );
-        let children_sql =
-            format!("SELECT digest FROM manifests WHERE repository_id = $2 AND digest {in_list}");
         if m.require_blobs && self.backend_name() == "postgres" {
             let mut one = exec::OneStatement::default();
             let events = manifest_push_at_once(
@@ -1154,6 +1214,14 @@ impl Metadata {
                 return Ok(PutOutcome::Stored(events));
             }
         }
+        let blob_states_sql = format!(
+            "SELECT b.digest, b.state, b.touched_at,
+                    EXISTS (SELECT 1 FROM repository_blobs rb
+                             WHERE rb.repository_id = $2 AND rb.digest = b.digest)
+               FROM blobs b WHERE b.digest {in_list}"
+        );
+        let children_sql =
+            format!("SELECT digest FROM manifests WHERE repository_id = $2 AND digest {in_list}");
         let outcome = on_batched_write!(self, "put_manifest", |c| {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
@@ -1747,6 +1815,10 @@ fn page(mut rows: Vec<String>, n: u32) -> Page {
     rows.truncate(n as usize);
     Page { items: rows, more }
 }
+
+/// Ends a session opened by id: one row per id, so of two requests ending
+/// it exactly one inserts.
+const END_UPLOAD: &str = "INSERT INTO ended_uploads (id) VALUES ($1) ON CONFLICT (id) DO NOTHING";
 
 /// Records a stored blob, or marks an existing one as just used: one row comes
 /// back when it was inserted or updated, none when garbage collection has

@@ -187,7 +187,7 @@ impl Metrics {
         );
         registry.register(
             "uploads_in_progress",
-            "Upload sessions open in the database (all replicas), read at scrape time",
+            "Upload sessions that have received a chunk (all replicas), read at scrape time",
             m.uploads_in_progress.clone(),
         );
         registry.register_with_unit(

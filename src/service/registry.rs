@@ -10,7 +10,8 @@ use futures::Stream;
 
 use super::{Error, Result};
 use crate::domain::{
-    manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName, Tag,
+    manifest, media, Algorithm, ByteRange, ContentRange, Digest, Hasher, Reference, RepoName,
+    SessionId, Tag,
 };
 use crate::metadata::{
     self, AuditEntry, DeleteOutcome, FinishOutcome, ManifestRecord, Metadata, NewManifest, Origin,
@@ -33,6 +34,9 @@ pub struct Limits {
     pub max_page: u32,
     /// Open upload sessions allowed at once (0: no limit).
     pub max_upload_sessions: u64,
+    /// Sessions idle this long are cancelled (zero: never). One that never
+    /// received a chunk has been idle since it was opened.
+    pub upload_expiry: std::time::Duration,
     /// How long a request body may send nothing (zero: forever).
     pub body_idle_timeout: std::time::Duration,
     /// `gc.grace_secs`: blobs written or referenced this recently are never
@@ -51,6 +55,7 @@ impl Default for Limits {
             allow_sparse_manifests: false,
             max_page: 10_000,
             max_upload_sessions: 0,
+            upload_expiry: std::time::Duration::ZERO,
             body_idle_timeout: std::time::Duration::ZERO,
             gc_grace: std::time::Duration::ZERO,
             pull_redirect: None,
@@ -149,6 +154,15 @@ const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
 /// one blob in milliseconds).
 const CLAIM_ATTEMPTS: u32 = 100;
 const CLAIM_RETRY: Duration = Duration::from_millis(100);
+
+/// Whether reading a session also asks if it ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Check,
+    /// The caller is about to end it: recording that end refuses an ended
+    /// session, which saves a read on every push.
+    AtFinish,
+}
 
 /// How long a count of upload sessions stands in for the table.
 const UPLOAD_COUNT_TTL: Duration = Duration::from_secs(1);
@@ -458,12 +472,13 @@ impl Registry {
                 .unwrap_or_else(|e| e.into_inner())
                 .1 += 1;
         }
-        let repo_id = self.meta.ensure_repository(repo).await?;
-        let id = uuid::Uuid::now_v7().to_string();
-        self.meta
-            .create_upload(repo_id, &id, algorithm.as_str(), &algorithm.hasher().save())
-            .await?;
-        Ok(UploadProgress { id, size: 0 })
+        // Nothing is written: the id is the session until its first chunk
+        // (see `SessionId`).
+        self.meta.ensure_repository(repo).await?;
+        Ok(UploadProgress {
+            id: SessionId::new(algorithm, repo.as_str()).to_string(),
+            size: 0,
+        })
     }
 
     /// Mounts `digest` from repository `from` (end-11). `None` if `from` cannot
@@ -543,18 +558,34 @@ impl Registry {
     }
 
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadProgress> {
-        let u = self.upload(repo, id).await?;
+        let u = self.upload(repo, id, Ended::Check).await?;
         Ok(UploadProgress {
             id: u.id,
             size: u.size,
         })
     }
 
-    async fn upload(&self, repo: &RepoName, id: &str) -> Result<metadata::Upload> {
-        self.meta
-            .upload(repo, id)
-            .await?
-            .ok_or_else(|| Error::UploadUnknown(id.to_string()))
+    /// Session `id` of `repo`: its row, or, for a session opened by id that
+    /// has none yet, an empty session if the id has not expired (and, with
+    /// `Ended::Check`, has not ended).
+    async fn upload(&self, repo: &RepoName, id: &str, ended: Ended) -> Result<metadata::Upload> {
+        if let Some(u) = self.meta.upload(repo, id).await? {
+            return Ok(u);
+        }
+        let unknown = || Error::UploadUnknown(id.to_string());
+        let session = SessionId::parse(id)
+            .filter(|s| s.belongs_to(repo.as_str()))
+            .ok_or_else(unknown)?;
+        let ttl = self.limits.upload_expiry;
+        let age = metadata::now_ms().saturating_sub(session.opened_ms());
+        if !ttl.is_zero() && age >= ttl.as_millis().min(i64::MAX as u128) as i64 {
+            return Err(unknown());
+        }
+        if ended == Ended::Check && self.meta.upload_ended(id).await? {
+            return Err(unknown());
+        }
+        let repo_id = self.meta.ensure_repository(repo).await?;
+        Ok(metadata::Upload::opened(session, repo_id))
     }
 
     fn restore_hasher(u: &metadata::Upload) -> Result<(Algorithm, Hasher)> {
@@ -608,7 +639,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let u = self.upload(repo, id).await?;
+        let u = self.upload(repo, id, Ended::Check).await?;
         Self::check_chunk(u.size, range, content_length)?;
         let (_, mut hasher) = Self::restore_hasher(&u)?;
         let limit = self.limits.max_blob_bytes.saturating_sub(u.size);
@@ -634,13 +665,9 @@ impl Registry {
                 )));
             }
         }
-        if !self
-            .meta
-            .append_upload(&u.id, u.size, &part, &hasher.save())
-            .await?
-        {
+        if !self.meta.append_upload(&u, &part, &hasher.save()).await? {
             self.blobs.delete_parts(&[part.key]).await;
-            let now = self.upload(repo, id).await?;
+            let now = self.upload(repo, id, Ended::Check).await?;
             return Err(Error::ChunkOutOfOrder {
                 start: u.size,
                 size: now.size,
@@ -668,7 +695,42 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let u = self.upload(repo, id).await?;
+        // An ended session is refused when the end is recorded; any other
+        // refusal of a session without a row first asks whether it ended, so
+        // that the client hears the session is gone rather than what else
+        // was wrong.
+        let u = self.upload(repo, id, Ended::AtFinish).await?;
+        let stored = u.stored;
+        let done = self
+            .finish_session(repo, u, digest, range, content_length, body, origin)
+            .await;
+        match done {
+            Err(e) if !stored && !matches!(e, Error::UploadUnknown(_)) => {
+                if self.meta.upload_ended(id).await? {
+                    return Err(Error::UploadUnknown(id.to_string()));
+                }
+                Err(e)
+            }
+            done => done,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // as finish_upload
+    async fn finish_session<S, E>(
+        &self,
+        repo: &RepoName,
+        u: metadata::Upload,
+        digest: &Digest,
+        range: Option<ContentRange>,
+        content_length: Option<u64>,
+        body: S,
+        origin: &Origin,
+    ) -> Result<BlobLocation>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = u.id.as_str();
         Self::check_chunk(u.size, range, content_length)?;
         let (alg, mut hasher) = Self::restore_hasher(&u)?;
         let limit = self.limits.max_blob_bytes.saturating_sub(u.size);
@@ -723,9 +785,7 @@ impl Registry {
         match self
             .meta
             .finish_upload(
-                &u.id,
-                u.repository_id,
-                u.size,
+                &u,
                 digest,
                 size,
                 origin,
@@ -770,6 +830,11 @@ impl Registry {
                 }
             }
             if batch < 100 {
+                // Ids opened before `before` are expired whether or not they
+                // ended; their ends need not be kept.
+                self.meta
+                    .prune_ended_uploads(&SessionId::floor(before))
+                    .await?;
                 return Ok(expired);
             }
         }
@@ -777,9 +842,10 @@ impl Registry {
 
     /// Cancels an upload (end-13) and deletes its chunks.
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let u = self.upload(repo, id, Ended::Check).await?;
         let keys = self
             .meta
-            .delete_upload(repo, id)
+            .delete_upload(&u)
             .await?
             .ok_or_else(|| Error::UploadUnknown(id.to_string()))?;
         self.blobs.delete_parts(&keys).await;

@@ -42,7 +42,8 @@ impl Registry {
             .ok_or_else(|| Error::NameUnknown(repo.clone()))
     }
 
-    /// Upload sessions open in the database (every replica's).
+    /// Upload sessions that have received a chunk (every replica's); an
+    /// opened session without one has no row.
     pub async fn uploads_in_progress(&self) -> Result<u64> {
         Ok(self.metadata().count_uploads().await?)
     }

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn::domain::{Algorithm, Digest, RepoName, Tag};
+use cairn::domain::{Algorithm, Digest, RepoName, SessionId, Tag};
 use cairn::metadata::{
     AuditEntry, DbOptions, FinishOutcome, Metadata, NewManifest, Origin, PutOutcome, TagBinding,
+    Upload,
 };
 use cairn::storage::StoredPart;
 
@@ -211,13 +212,12 @@ async fn put_manifest_binds_all_tags_or_none(meta: &Metadata) {
     assert_eq!(page.items, vec!["a", "b", "pinned"]);
 }
 
-async fn upload_session(meta: &Metadata, r: &RepoName, id: &str) -> i64 {
+/// A session opened by id, as `POST …/blobs/uploads/` opens one: no row yet.
+async fn upload_session(meta: &Metadata, r: &RepoName) -> Upload {
     let repo_id = meta.ensure_repository(r).await.unwrap();
-    let h = Algorithm::Sha256.hasher();
-    meta.create_upload(repo_id, id, "sha256", &h.save())
-        .await
-        .unwrap();
-    repo_id
+    let u = Upload::opened(SessionId::new(Algorithm::Sha256, r.as_str()), repo_id);
+    assert!(meta.upload(r, &u.id).await.unwrap().is_none());
+    u
 }
 
 fn part(key: &str, size: u64) -> StoredPart {
@@ -229,51 +229,78 @@ fn part(key: &str, size: u64) -> StoredPart {
 
 async fn append_upload_is_optimistic(meta: &Metadata) {
     let r = repo("demo");
-    upload_session(meta, &r, "u1").await;
+    let opened = upload_session(meta, &r).await;
+    let id = opened.id.clone();
     let state = Algorithm::Sha256.hasher().save();
 
+    // Two first chunks at once: both would store the session, one appends.
     let a = part("uploads/u1/a", 10);
     let b = part("uploads/u1/b", 20);
     let (ra, rb) = tokio::join!(
-        meta.append_upload("u1", 0, &a, &state),
-        meta.append_upload("u1", 0, &b, &state)
+        meta.append_upload(&opened, &a, &state),
+        meta.append_upload(&opened, &b, &state)
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert!(ra ^ rb, "exactly one append at offset 0 wins: {ra} {rb}");
     let winner = if ra { &a } else { &b };
-    let u = meta.upload(&r, "u1").await.unwrap().unwrap();
+    let u = meta.upload(&r, &id).await.unwrap().unwrap();
+    assert!(u.stored);
     assert_eq!(u.size, winner.size);
     assert_eq!(u.parts, vec![winner.clone()]);
 
     // A stale expectation loses; the right one wins.
     let c = part("uploads/u1/c", 5);
-    assert!(!meta.append_upload("u1", 0, &c, &state).await.unwrap());
-    assert!(meta
-        .append_upload("u1", winner.size, &c, &state)
-        .await
-        .unwrap());
-    let u = meta.upload(&r, "u1").await.unwrap().unwrap();
+    assert!(!meta.append_upload(&opened, &c, &state).await.unwrap());
+    assert!(meta.append_upload(&u, &c, &state).await.unwrap());
+    let u = meta.upload(&r, &id).await.unwrap().unwrap();
     assert_eq!(u.size, winner.size + 5);
     assert_eq!(u.parts, vec![winner.clone(), c]);
     // Sessions belong to their repository.
-    assert!(meta.upload(&repo("other"), "u1").await.unwrap().is_none());
+    assert!(meta.upload(&repo("other"), &id).await.unwrap().is_none());
 }
 
 async fn finish_upload_happens_once(meta: &Metadata) {
     let r = repo("demo");
-    let repo_id = upload_session(meta, &r, "u2").await;
+    let d = digest(b"content");
     let state = Algorithm::Sha256.hasher().save();
-    assert!(meta
-        .append_upload("u2", 0, &part("uploads/u2/p", 7), &state)
+    let t = tester();
+
+    // A session that never got a chunk (a POST, then a PUT with the body).
+    let opened = upload_session(meta, &r).await;
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
+    let (first, second) = tokio::join!(
+        meta.finish_upload(&opened, &d, 7, &t, push()),
+        meta.finish_upload(&opened, &d, 7, &t, push())
+    );
+    let mut outcomes = [first.unwrap(), second.unwrap()];
+    outcomes.sort_by_key(|o| *o == FinishOutcome::Gone);
+    assert_eq!(outcomes, [FinishOutcome::Done, FinishOutcome::Gone]);
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(7));
+    assert_eq!(
+        meta.finish_upload(&opened, &d, 7, &t, push())
+            .await
+            .unwrap(),
+        FinishOutcome::Gone
+    );
+    // Ended: it can neither take a chunk nor be cancelled.
+    assert!(meta.upload_ended(&opened.id).await.unwrap());
+    assert!(!meta
+        .append_upload(&opened, &part("uploads/late", 3), &state)
         .await
         .unwrap());
-    let d = digest(b"content");
-    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
+    assert!(meta.upload(&r, &opened.id).await.unwrap().is_none());
+    assert!(meta.delete_upload(&opened).await.unwrap().is_none());
 
-    let t = tester();
+    // A session with a chunk.
+    let s = upload_session(meta, &r).await;
+    assert!(meta
+        .append_upload(&s, &part("uploads/u2/p", 7), &state)
+        .await
+        .unwrap());
+    let u = meta.upload(&r, &s.id).await.unwrap().unwrap();
     let (first, second) = tokio::join!(
-        meta.finish_upload("u2", repo_id, 7, &d, 7, &t, push()),
-        meta.finish_upload("u2", repo_id, 7, &d, 7, &t, push())
+        meta.finish_upload(&u, &d, 7, &t, push()),
+        meta.finish_upload(&u, &d, 7, &t, push())
     );
     let mut outcomes = [first.unwrap(), second.unwrap()];
     outcomes.sort_by_key(|o| *o == FinishOutcome::Gone);
@@ -283,43 +310,55 @@ async fn finish_upload_happens_once(meta: &Metadata) {
         "exactly one finish"
     );
     assert_eq!(
-        meta.finish_upload("u2", repo_id, 7, &d, 7, &tester(), push())
-            .await
-            .unwrap(),
+        meta.finish_upload(&u, &d, 7, &t, push()).await.unwrap(),
         FinishOutcome::Gone
     );
-    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(7));
-    assert!(meta.upload(&r, "u2").await.unwrap().is_none());
-    assert!(meta.delete_upload(&r, "u2").await.unwrap().is_none());
+    assert!(meta.upload(&r, &s.id).await.unwrap().is_none());
+    assert!(meta.delete_upload(&u).await.unwrap().is_none());
+
+    // Ends are kept only while the id could be used.
+    let opened_ms = SessionId::parse(&opened.id).unwrap().opened_ms();
+    meta.prune_ended_uploads(&SessionId::floor(opened_ms))
+        .await
+        .unwrap();
+    assert!(meta.upload_ended(&opened.id).await.unwrap());
+    assert!(
+        meta.prune_ended_uploads(&SessionId::floor(opened_ms + 1))
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(!meta.upload_ended(&opened.id).await.unwrap());
 }
 
 /// A chunk appended after the finisher read the session makes the finish fail:
 /// the blob was verified against an older state.
 async fn finish_upload_needs_the_state_it_verified(meta: &Metadata) {
     let r = repo("demo");
-    let repo_id = upload_session(meta, &r, "u3").await;
+    let opened = upload_session(meta, &r).await;
     let state = Algorithm::Sha256.hasher().save();
     assert!(meta
-        .append_upload("u3", 0, &part("uploads/u3/a", 7), &state)
+        .append_upload(&opened, &part("uploads/u3/a", 7), &state)
         .await
         .unwrap());
-    let seen = meta.upload(&r, "u3").await.unwrap().unwrap();
+    let seen = meta.upload(&r, &opened.id).await.unwrap().unwrap();
     assert!(meta
-        .append_upload("u3", 7, &part("uploads/u3/b", 5), &state)
+        .append_upload(&seen, &part("uploads/u3/b", 5), &state)
         .await
         .unwrap());
     let d = digest(b"content");
     assert_eq!(
-        meta.finish_upload("u3", repo_id, seen.size, &d, 7, &tester(), push())
+        meta.finish_upload(&seen, &d, 7, &tester(), push())
             .await
             .unwrap(),
         FinishOutcome::Gone
     );
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
-    let now = meta.upload(&r, "u3").await.unwrap().unwrap();
+    let now = meta.upload(&r, &opened.id).await.unwrap().unwrap();
     assert_eq!((now.size, now.parts.len()), (12, 2));
-    let keys = meta.delete_upload(&r, "u3").await.unwrap().unwrap();
+    let keys = meta.delete_upload(&now).await.unwrap().unwrap();
     assert_eq!(keys.len(), 2);
+    assert!(meta.upload(&r, &opened.id).await.unwrap().is_none());
 }
 
 fn assert_page(p: &cairn::metadata::Page, items: &[&str], more: bool) {

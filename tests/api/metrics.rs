@@ -120,9 +120,18 @@ async fn pulls_move_the_counters_by_exactly_what_was_served(app: TestApp) {
     let r = app.put_manifest(repo, "v1", OCI_MANIFEST, &other).await;
     assert_eq!(r.status(), 409);
     assert_eq!(error_code(r).await, "DENIED");
-    // An upload in progress.
+    // An upload in progress: opened, and holding a chunk.
     let r = app
         .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let r = app
+        .req(Method::PATCH, &location)
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![1u8; 10])
         .send()
         .await
         .unwrap();

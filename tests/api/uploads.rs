@@ -88,8 +88,38 @@ async fn post_then_put_monolithic(app: TestApp) {
     let r = app.client.get(app.url_of(&loc)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), data);
-    // The session is gone.
+    // The session is gone, for every request.
     let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = put(&app, &url, &d, data).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = patch(&app, &url, None, b"more").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+}
+
+/// A session cancelled before it received anything is gone as well.
+async fn sessions_cancelled_before_any_chunk_are_gone(app: TestApp) {
+    let url = start(&app, "demo", "").await;
+    let r = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = put(&app, &url, &sha256(b"late"), b"late").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    assert_no_blob(&app, "demo", &sha256(b"late")).await;
+    let r = patch(&app, &url, None, b"late").await;
+    assert_eq!(r.status(), 404);
+    // An id that was never issued (right form, made up) is unknown too once
+    // it would have expired; a made-up id in the wrong form at once.
+    let r = app.get("/v2/demo/blobs/uploads/not-a-session").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 }
@@ -637,6 +667,17 @@ async fn idle_uploads_expire(db: Db) {
         0,
         "its chunk is deleted"
     );
+    // A session that never received a chunk expires as well, one expiry
+    // after it was opened.
+    let url = start(&app, "demo", "").await;
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 204);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = put(&app, &url, &sha256(b"late"), b"late").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 }
 
 both_db!(blobs_over_the_size_limit_are_413, idle_uploads_expire);
@@ -651,6 +692,7 @@ both!(
     streamed_patch_with_chunked_transfer_encoding,
     upload_status_is_204_with_range,
     cancelled_uploads_are_gone,
+    sessions_cancelled_before_any_chunk_are_gone,
     uploads_belong_to_their_repository,
     wrong_digest_on_put_is_digest_invalid_and_stores_nothing,
     sha512_uploads,
