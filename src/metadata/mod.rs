@@ -455,7 +455,20 @@ pub struct Metadata {
     /// Repository name → id. A repository row is never deleted nor renamed,
     /// so an id once read stays right forever, in every replica.
     repository_ids: Arc<quick_cache::sync::Cache<String, i64>>,
+    /// PostgreSQL only: the connections that run the one-statement changes
+    /// ([`exec::OneStatement`]) with generic plans (see [`GUARDED_SHARE`]).
+    guarded: Option<PgPool>,
 }
+
+/// The share (1/n) of PostgreSQL's connections kept for the one-statement
+/// changes of the push path. Their sessions plan with
+/// `plan_cache_mode = force_generic_plan`: such a statement is ten inserts and
+/// updates by key, and PostgreSQL otherwise plans it again on every execution
+/// (a custom plan wins its cost comparison), which measured a fifth of the
+/// throughput of manifest pushes on two cores (BENCHMARKS.md). The other
+/// connections keep the default: some reads there (optional filters, prefix
+/// searches) need plans for their actual parameters.
+const GUARDED_SHARE: u32 = 2;
 
 /// How long a SQLite writer waits for another connection's or process's write
 /// lock before failing with `SQLITE_BUSY` (answered with 503).
@@ -506,17 +519,29 @@ impl Metadata {
                 },
                 observer: None,
                 repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
+                guarded: None,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            // `max_connections` in all: a share for the one-statement
+            // changes, the rest (at least one) for everything else.
+            let total = opts.max_connections.max(2);
+            let guarded_max = (total / GUARDED_SHARE).max(1);
             let pg = PgPoolOptions::new()
-                .max_connections(opts.max_connections)
+                .max_connections(total - guarded_max)
                 .acquire_timeout(opts.acquire_timeout)
                 .connect(url)
                 .await?;
+            let generic = sqlx::postgres::PgConnectOptions::from_str(url)?
+                .options([("plan_cache_mode", "force_generic_plan")]);
+            let guarded = PgPoolOptions::new()
+                .max_connections(guarded_max)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_lazy_with(generic);
             Ok(Metadata {
                 backend: Backend::Postgres(pg),
                 observer: None,
                 repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
+                guarded: Some(guarded),
             })
         } else {
             Err(Error::Url(url.to_string()))
@@ -548,7 +573,11 @@ impl Metadata {
         }
         match &self.backend {
             Backend::Sqlite { read, write, .. } => vec![stats("read", read), stats("write", write)],
-            Backend::Postgres(pg) => vec![stats("main", pg)],
+            Backend::Postgres(pg) => {
+                let mut v = vec![stats("main", pg)];
+                v.extend(self.guarded.as_ref().map(|g| stats("guarded", g)));
+                v
+            }
         }
     }
 
@@ -584,13 +613,16 @@ impl Metadata {
             }
             Backend::Postgres(pg) => pg.close().await,
         }
+        if let Some(g) = &self.guarded {
+            g.close().await;
+        }
     }
 
     /// Runs `one` on PostgreSQL ([`exec::OneStatement`]): true if it
     /// committed, false if a guard missed and nothing changed. Always false
     /// on SQLite, whose changes take the group-commit writer.
     async fn at_once(&self, op: &'static str, one: exec::OneStatement) -> Result<bool> {
-        let Backend::Postgres(pg) = &self.backend else {
+        let Some(pg) = &self.guarded else {
             return Ok(false);
         };
         let started = std::time::Instant::now();
