@@ -477,6 +477,32 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Repository ids kept in memory (a few MiB at most).
 const REPOSITORY_ID_CACHE: usize = 65_536;
 
+/// Opens up to `n` connections of `pool` at once and returns them to it
+/// idle. A server that cannot open them all still starts with those it has:
+/// the pool opens more on demand, and `database.max_connections` may exceed
+/// what the server allows this client.
+async fn warm(pool: &PgPool, n: u32) -> Result<()> {
+    let opened = futures::future::join_all((0..n).map(|_| pool.acquire())).await;
+    let mut first_error = None;
+    let mut any = false;
+    for c in opened {
+        match c {
+            Ok(_) => any = true,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if !any => Err(e.into()),
+        Some(e) => {
+            tracing::warn!(error = %e, wanted = n, "opened fewer database connections than the pool may hold");
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 impl Metadata {
     /// Connects (creating an SQLite file and its directory if needed).
     pub async fn connect(opts: &DbOptions) -> Result<Metadata> {
@@ -537,6 +563,13 @@ impl Metadata {
                 .max_connections(guarded_max)
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_lazy_with(generic);
+            // Both pools full before the server listens: a restarted server
+            // meets its clients' backlog at once, and every request that had
+            // to open its own connection (a backend to start, a SCRAM
+            // exchange) paid for it in latency, several times over while
+            // the machine was busy.
+            warm(&pg, total - guarded_max).await?;
+            warm(&guarded, guarded_max).await?;
             Ok(Metadata {
                 backend: Backend::Postgres(pg),
                 observer: None,

@@ -481,8 +481,25 @@ impl Serve {
             }
             seen.push(line);
         };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the child never blocks on a full pipe;
+        // with CAIRN_TEST_SERVER_LOG set, append it to that file to debug.
+        let keep = std::env::var_os("CAIRN_TEST_SERVER_LOG").and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        let pid = child.id();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut keep = keep;
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{pid} {line}");
+                }
+            }
+        });
         Serve {
             child,
             base: format!("http://{addr}"),
