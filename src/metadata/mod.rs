@@ -925,36 +925,63 @@ impl Metadata {
 
     /// The session `id` of repository `repo`, with its parts in order.
     pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<Option<Upload>> {
-        // One query (each is a round trip to the driver's thread on SQLite):
-        // the session on every row, with one of its parts or none. Only the
-        // parts the row's size (and so its hash state) accounts for: a chunk
+        Ok(self.upload_and_blob(repo, id, None).await?.0)
+    }
+
+    /// [`Metadata::upload`] and whether `digest` has a blob row (in any
+    /// state), in one round trip: finishing an upload asks both, and each
+    /// statement is a round trip and, on PostgreSQL, server CPU.
+    pub async fn upload_and_blob(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: Option<&Digest>,
+    ) -> Result<(Option<Upload>, bool)> {
+        // One row at least (the session's columns NULL when it has none): the
+        // session on every row, with one of its parts or none. Only the parts
+        // the row's size (and so its hash state) accounts for: a chunk
         // appended after the row was read belongs to a later state.
         type Row = (
-            String,
-            i64,
-            String,
-            Vec<u8>,
-            i64,
             Option<String>,
             Option<i64>,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            bool,
         );
+        let digest = digest.map(|d| d.as_str().to_string());
         let rows = on_read!(self, "upload", |p| sqlx::query_as::<_, Row>(
             "SELECT u.id, u.repository_id, u.algorithm, u.hash_state, u.size,
-                    p.object_key, p.size
-               FROM uploads u
-               JOIN repositories r ON r.id = u.repository_id
+                    p.object_key, p.size,
+                    EXISTS (SELECT 1 FROM blobs WHERE digest = $3)
+               FROM (SELECT 1 AS one) k
+               LEFT JOIN (uploads u JOIN repositories r
+                            ON r.id = u.repository_id AND r.name = $2)
+                 ON u.id = $1
                LEFT JOIN upload_parts p ON p.upload_id = u.id AND p.start_offset < u.size
-              WHERE u.id = $1 AND r.name = $2
               ORDER BY p.start_offset"
         )
         .bind(id)
         .bind(repo.as_str())
+        .bind(digest.as_deref())
         .fetch_all(p)
         .await)?;
+        let blob_row = rows.first().is_some_and(|r| r.7);
         let mut rows = rows.into_iter();
-        let Some((id, repository_id, algorithm, hash_state, size, key, part_size)) = rows.next()
+        let Some((
+            Some(id),
+            Some(repository_id),
+            Some(algorithm),
+            Some(hash_state),
+            Some(size),
+            key,
+            part_size,
+            _,
+        )) = rows.next()
         else {
-            return Ok(None);
+            return Ok((None, blob_row));
         };
         let parts = std::iter::once((key, part_size))
             .chain(rows.map(|r| (r.5, r.6)))
@@ -965,15 +992,18 @@ impl Metadata {
                 })
             })
             .collect();
-        Ok(Some(Upload {
-            id,
-            repository_id,
-            algorithm,
-            hash_state,
-            size: size as u64,
-            parts,
-            stored: true,
-        }))
+        Ok((
+            Some(Upload {
+                id,
+                repository_id,
+                algorithm,
+                hash_state,
+                size: size as u64,
+                parts,
+                stored: true,
+            }),
+            blob_row,
+        ))
     }
 
     /// Whether session `id` ended (was finished or cancelled) while it had no

@@ -569,8 +569,21 @@ impl Registry {
     /// has none yet, an empty session if the id has not expired (and, with
     /// `Ended::Check`, has not ended).
     async fn upload(&self, repo: &RepoName, id: &str, ended: Ended) -> Result<metadata::Upload> {
-        if let Some(u) = self.meta.upload(repo, id).await? {
-            return Ok(u);
+        Ok(self.upload_and_blob(repo, id, ended, None).await?.0)
+    }
+
+    /// [`Self::upload`], and whether `digest` had a blob row when the session
+    /// was read (one round trip for both).
+    async fn upload_and_blob(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        ended: Ended,
+        digest: Option<&Digest>,
+    ) -> Result<(metadata::Upload, bool)> {
+        let (row, blob_row) = self.meta.upload_and_blob(repo, id, digest).await?;
+        if let Some(u) = row {
+            return Ok((u, blob_row));
         }
         let unknown = || Error::UploadUnknown(id.to_string());
         let session = SessionId::parse(id)
@@ -585,7 +598,7 @@ impl Registry {
             return Err(unknown());
         }
         let repo_id = self.meta.ensure_repository(repo).await?;
-        Ok(metadata::Upload::opened(session, repo_id))
+        Ok((metadata::Upload::opened(session, repo_id), blob_row))
     }
 
     fn restore_hasher(u: &metadata::Upload) -> Result<(Algorithm, Hasher)> {
@@ -699,10 +712,21 @@ impl Registry {
         // refusal of a session without a row first asks whether it ended, so
         // that the client hears the session is gone rather than what else
         // was wrong.
-        let u = self.upload(repo, id, Ended::AtFinish).await?;
+        let (u, blob_row) = self
+            .upload_and_blob(repo, id, Ended::AtFinish, Some(digest))
+            .await?;
         let stored = u.stored;
         let done = self
-            .finish_session(repo, u, digest, range, content_length, body, origin)
+            .finish_session(
+                repo,
+                u,
+                blob_row,
+                digest,
+                range,
+                content_length,
+                body,
+                origin,
+            )
             .await;
         match done {
             Err(e) if !stored && !matches!(e, Error::UploadUnknown(_)) => {
@@ -720,6 +744,7 @@ impl Registry {
         &self,
         repo: &RepoName,
         u: metadata::Upload,
+        blob_row: bool,
         digest: &Digest,
         range: Option<ContentRange>,
         content_length: Option<u64>,
@@ -760,7 +785,13 @@ impl Registry {
         let mut parts = u.parts.clone();
         parts.extend(last.clone());
         let size: u64 = parts.iter().map(|p| p.size).sum();
-        self.claim(digest).await?;
+        // Without a blob row when the session was read there is nothing for
+        // a collection to delete, which is all a claim would have found; a
+        // row inserted since is fresh, and the statement that finishes the
+        // upload refuses one a collection has claimed meanwhile.
+        if blob_row {
+            self.claim(digest).await?;
+        }
         if digest.algorithm() == alg {
             let actual = hasher.finish();
             if &actual != digest {
