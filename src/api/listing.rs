@@ -9,13 +9,12 @@ use crate::domain::{media, Digest, RepoName};
 use crate::error::{ApiError, Code};
 use crate::service::ReferrersQuery;
 
-/// A JSON page with an RFC 8288 `Link` to the next one when more remain
-/// (`last`: the page's last name).
+/// A JSON page of `names` (serialised as `body`) with an RFC 8288 `Link` to
+/// the next one, which starts after the page's last name, when more remain.
 fn paged(
     base: &str,
     n: Option<u32>,
     more: bool,
-    last: Option<&String>,
     names: &[String],
     body: impl serde::Serialize,
 ) -> Response {
@@ -33,7 +32,7 @@ fn paged(
     )
         .into_response();
     if more {
-        if let Some(last) = last {
+        if let Some(last) = names.last() {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             if let Some(n) = n {
                 q.append_pair("n", &n.to_string());
@@ -71,7 +70,7 @@ pub(super) async fn tags(ctx: &Ctx<'_>, repo: &RepoName) -> Result<Response, Api
         tags,
     };
     let base = format!("/v2/{repo}/tags/list");
-    Ok(paged(&base, n, page.more, tags.last(), tags, body))
+    Ok(paged(&base, n, page.more, tags, body))
 }
 
 pub(super) async fn catalog(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
@@ -80,14 +79,7 @@ pub(super) async fn catalog(ctx: &Ctx<'_>) -> Result<Response, ApiError> {
     let body = CatalogBody {
         repositories: &page.items,
     };
-    Ok(paged(
-        "/v2/_catalog",
-        n,
-        page.more,
-        page.items.last(),
-        &page.items,
-        body,
-    ))
+    Ok(paged("/v2/_catalog", n, page.more, &page.items, body))
 }
 
 pub(super) async fn referrers(
