@@ -75,6 +75,17 @@ async fn assert_no_blob(app: &TestApp, repo: &str, digest: &str) {
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
 }
 
+/// The session at `url` is gone: its status and a late finish (of `late`)
+/// both answer `404 BLOB_UPLOAD_UNKNOWN`.
+async fn assert_upload_gone(app: &TestApp, url: &str, late: &[u8]) {
+    let r = app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 404, "status of {url}");
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    let r = put(app, url, &sha256(late), late).await;
+    assert_eq!(r.status(), 404, "late finish of {url}");
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+}
+
 async fn post_then_put_monolithic(app: TestApp) {
     let data = b"monolithic upload";
     let d = sha256(data);
@@ -108,12 +119,7 @@ async fn sessions_cancelled_before_any_chunk_are_gone(app: TestApp) {
     let url = start(&app, "demo", "").await;
     let r = app.client.delete(&url).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    let r = app.client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
-    let r = put(&app, &url, &sha256(b"late"), b"late").await;
-    assert_eq!(r.status(), 404);
-    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    assert_upload_gone(&app, &url, b"late").await;
     assert_no_blob(&app, "demo", &sha256(b"late")).await;
     let r = patch(&app, &url, None, b"late").await;
     assert_eq!(r.status(), 404);
@@ -672,12 +678,7 @@ async fn idle_uploads_expire(db: Db) {
     let url = start(&app, "demo", "").await;
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 204);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let r = app.client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
-    let r = put(&app, &url, &sha256(b"late"), b"late").await;
-    assert_eq!(r.status(), 404);
-    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+    assert_upload_gone(&app, &url, b"late").await;
 }
 
 both_db!(blobs_over_the_size_limit_are_413, idle_uploads_expire);
