@@ -213,6 +213,7 @@ impl App {
             .enabled
             .then(|| Arc::new(Metrics::new(config.metrics.max_repositories)));
         let mut meta = open_metadata(config).await?;
+        meta.warm().await?;
         if let Some(m) = &metrics {
             meta = meta.with_observer(m.clone());
         }

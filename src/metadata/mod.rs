@@ -483,20 +483,11 @@ const REPOSITORY_ID_CACHE: usize = 65_536;
 /// what the server allows this client.
 async fn warm(pool: &PgPool, n: u32) -> Result<()> {
     let opened = futures::future::join_all((0..n).map(|_| pool.acquire())).await;
-    let mut first_error = None;
-    let mut any = false;
-    for c in opened {
-        match c {
-            Ok(_) => any = true,
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) if !any => Err(e.into()),
+    let ok = opened.iter().filter(|c| c.is_ok()).count();
+    match opened.into_iter().find_map(|c| c.err()) {
+        Some(e) if ok == 0 => Err(e.into()),
         Some(e) => {
-            tracing::warn!(error = %e, wanted = n, "opened fewer database connections than the pool may hold");
+            tracing::warn!(error = %e, wanted = n, opened = ok, "opened fewer database connections than the pool may hold");
             Ok(())
         }
         None => Ok(()),
@@ -563,13 +554,6 @@ impl Metadata {
                 .max_connections(guarded_max)
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_lazy_with(generic);
-            // Both pools full before the server listens: a restarted server
-            // meets its clients' backlog at once, and every request that had
-            // to open its own connection (a backend to start, a SCRAM
-            // exchange) paid for it in latency, several times over while
-            // the machine was busy.
-            warm(&pg, total - guarded_max).await?;
-            warm(&guarded, guarded_max).await?;
             Ok(Metadata {
                 backend: Backend::Postgres(pg),
                 observer: None,
@@ -579,6 +563,20 @@ impl Metadata {
         } else {
             Err(Error::Url(url.to_string()))
         }
+    }
+
+    /// Opens every connection the pools may hold (PostgreSQL; nothing to do
+    /// on SQLite), for a server about to listen: a restarted server meets its
+    /// clients' backlog at once, and every request that had to open its own
+    /// connection (a backend to start, a SCRAM exchange) paid for it in
+    /// latency, several times over while the machine was busy. One-shot
+    /// commands skip it.
+    pub async fn warm(&self) -> Result<()> {
+        if let (Backend::Postgres(pg), Some(guarded)) = (&self.backend, &self.guarded) {
+            warm(pg, pg.options().get_max_connections()).await?;
+            warm(guarded, guarded.options().get_max_connections()).await?;
+        }
+        Ok(())
     }
 
     /// Reports every operation's query time to `observer` from now on (clones
