@@ -949,7 +949,6 @@ impl Metadata {
             Option<i64>,
             bool,
         );
-        let digest = digest.map(|d| d.as_str().to_string());
         let rows = on_read!(self, "upload", |p| sqlx::query_as::<_, Row>(
             "SELECT u.id, u.repository_id, u.algorithm, u.hash_state, u.size,
                     p.object_key, p.size,
@@ -963,7 +962,7 @@ impl Metadata {
         )
         .bind(id)
         .bind(repo.as_str())
-        .bind(digest.as_deref())
+        .bind(digest.map(Digest::as_str))
         .fetch_all(p)
         .await)?;
         let blob_row = rows.first().is_some_and(|r| r.7);

@@ -496,7 +496,9 @@ impl Serve {
             let mut keep = keep;
             for line in lines.map_while(Result::ok) {
                 if let Some(f) = keep.as_mut() {
-                    let _ = writeln!(f, "{pid} {line}");
+                    // One write per line: with O_APPEND the lines of
+                    // servers logging at once do not interleave.
+                    let _ = f.write_all(format!("{pid} {line}\n").as_bytes());
                 }
             }
         });
