@@ -8,7 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha512};
+
+use super::sha256::Sha256;
 
 /// A digest algorithm Cairn verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,7 +190,7 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         match self {
-            Hasher::Sha256(h) => Digest::from_parts(Algorithm::Sha256, hex::encode(h.finalize())),
+            Hasher::Sha256(h) => Digest::from_parts(Algorithm::Sha256, hex::encode(h.finish())),
             Hasher::Sha512(h) => Digest::from_parts(Algorithm::Sha512, hex::encode(h.finalize())),
         }
     }
@@ -196,7 +198,7 @@ impl Hasher {
     /// The opaque saved state (includes any buffered partial block).
     pub fn save(&self) -> Vec<u8> {
         match self {
-            Hasher::Sha256(h) => h.serialize().as_slice().to_vec(),
+            Hasher::Sha256(h) => h.save().to_vec(),
             Hasher::Sha512(h) => h.serialize().as_slice().to_vec(),
         }
     }
@@ -204,10 +206,7 @@ impl Hasher {
     /// Restores a state produced by [`Hasher::save`]; `None` if it is not one.
     pub fn restore(algorithm: Algorithm, state: &[u8]) -> Option<Hasher> {
         match algorithm {
-            Algorithm::Sha256 => {
-                let s = SerializedState::<Sha256>::try_from(state).ok()?;
-                Sha256::deserialize(&s).ok().map(Hasher::Sha256)
-            }
+            Algorithm::Sha256 => Sha256::restore(state).map(Hasher::Sha256),
             Algorithm::Sha512 => {
                 let s = SerializedState::<Sha512>::try_from(state).ok()?;
                 Sha512::deserialize(&s).ok().map(Hasher::Sha512)

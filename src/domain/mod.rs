@@ -11,6 +11,7 @@ pub mod name;
 pub mod provenance;
 pub mod range;
 pub mod session;
+pub mod sha256;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use name::{NameError, Reference, RepoName, Tag};

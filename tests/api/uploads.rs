@@ -567,6 +567,50 @@ async fn a_multi_mebibyte_blob_in_chunks(app: TestApp) {
     assert!(r.bytes().await.unwrap().as_ref() == &data[1_499_990..3_000_010]);
 }
 
+/// A PUT of a whole multi-MiB blob, streamed in uneven pieces: the server
+/// hashes the first MiB as it arrives and the rest beside its writes, and
+/// must still verify every byte exactly once, whichever piece the switch
+/// falls in. One wrong byte at the very end is caught.
+async fn a_multi_mebibyte_monolithic_put_is_verified_whole(app: TestApp) {
+    let size = 3 * 1024 * 1024 + 777;
+    let data: Vec<u8> = (0..size as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let streamed = |body: Vec<u8>| {
+        let pieces: Vec<Result<Bytes, std::io::Error>> = body
+            .chunks(100_003)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+    };
+    let mut tampered = data.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    let url = start(&app, "big/mono", "").await;
+    let r = app
+        .client
+        .put(with_digest(&url, &sha256(&data)))
+        .body(streamed(tampered.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    assert_no_blob(&app, "big/mono", &sha256(&data)).await;
+    assert_no_blob(&app, "big/mono", &sha256(&tampered)).await;
+
+    let d = sha256(&data);
+    let url = start(&app, "big/mono", "").await;
+    let r = app
+        .client
+        .put(with_digest(&url, &d))
+        .body(streamed(data.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_blob(&app, "big/mono", &d, &data).await;
+}
+
 async fn put_with_a_final_chunk_and_content_range(app: TestApp) {
     let data = b"first part|last part";
     let url = start(&app, "demo", "").await;
@@ -702,4 +746,5 @@ both!(
     upload_continues_after_a_restart,
     concurrent_chunks_at_one_offset_on_two_servers,
     a_multi_mebibyte_blob_in_chunks,
+    a_multi_mebibyte_monolithic_put_is_verified_whole,
 );
