@@ -2,7 +2,7 @@
 //! saved between requests.
 //!
 //! Every pushed byte is hashed once, on the request's path, so the hash sets
-//! the ceiling of a large push. On CPUs without SHA extensions AWS-LC's AVX2
+//! the ceiling of a large push. On CPUs without SHA extensions AWS-LC's AVX
 //! code hashes about twice as fast as the portable Rust implementation
 //! (measured 260–350 MB/s against 130–190 MB/s on one Xeon core); where the
 //! extensions exist both use them. Chunked uploads persist the state after
@@ -83,7 +83,6 @@ impl Sha256 {
         }
         ctx.Nl = bits as u32;
         ctx.Nh = (bits >> 32) as u32;
-        ctx.data = [0; 64];
         ctx.data[..buffered].copy_from_slice(&state[41..41 + buffered]);
         ctx.num = buffered as u32;
         Some(Sha256 { ctx })
