@@ -96,13 +96,22 @@ async fn scheduled_gc_skips_while_another_replica_runs_it() {
     })
     .await;
     let other = App::build(&app.config).await.expect("other replica");
-    let lock = other
-        .registry()
-        .metadata()
-        .try_job_lock(Job::GarbageCollection)
-        .await
-        .unwrap()
-        .expect("lock");
+    // The app's own schedule may be running a collection right now (it starts
+    // one at once): wait for it to let go, then hold the lock.
+    let mut lock = None;
+    for _ in 0..100 {
+        lock = other
+            .registry()
+            .metadata()
+            .try_job_lock(Job::GarbageCollection)
+            .await
+            .unwrap();
+        if lock.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lock = lock.expect("lock");
 
     let digest = app.push_blob("jobs/app", b"an unreferenced blob").await;
     let path = format!("/v2/jobs/app/blobs/{digest}");
