@@ -25,7 +25,7 @@ use exec::{args, Val};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
@@ -34,14 +34,41 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        if connection_broke(&e) {
+            liveness::trouble_seen();
+        }
+        Error::Database(e)
+    }
+}
+
+/// Whether `e` says a connection to the database broke (rather than that a
+/// statement failed on a working one): its socket failed or closed, the
+/// server spoke out of turn, or the server said it is shutting the session
+/// down (SQLSTATE class 57, operator intervention) or lost it (class 08).
+fn connection_broke(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
 impl Error {
     /// Whether the database is unreachable or overloaded (retryable), rather than
     /// a bug: the API answers those with 503.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
-            ) => true,
+            Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            // The connection broke under the statement (the server went
+            // away, or ended the session): another connection may work.
+            Error::Database(e) if connection_broke(e) => true,
             // A deadlock or serialization failure (PostgreSQL) and a busy
             // database (SQLite) succeed when retried.
             Error::Database(sqlx::Error::Database(db)) => matches!(
@@ -546,6 +573,8 @@ impl Metadata {
             let pg = PgPoolOptions::new()
                 .max_connections(total - guarded_max)
                 .acquire_timeout(opts.acquire_timeout)
+                .test_before_acquire(false)
+                .before_acquire(liveness::check)
                 .connect(url)
                 .await?;
             let generic = sqlx::postgres::PgConnectOptions::from_str(url)?
@@ -553,6 +582,8 @@ impl Metadata {
             let guarded = PgPoolOptions::new()
                 .max_connections(guarded_max)
                 .acquire_timeout(opts.acquire_timeout)
+                .test_before_acquire(false)
+                .before_acquire(liveness::check)
                 .connect_lazy_with(generic);
             Ok(Metadata {
                 backend: Backend::Postgres(pg),
@@ -2207,6 +2238,7 @@ mod console;
 mod exec;
 mod gc;
 mod jobs;
+mod liveness;
 mod provenance;
 mod pulls;
 mod retention;
@@ -2238,5 +2270,14 @@ mod tests {
             r#"{"sha256:ab","sha512:cd"}"#
         );
         assert_eq!(pg_text_array([r#"a"b\c,{}"#]), r#"{"a\"b\\c,{}"}"#);
+    }
+
+    #[test]
+    fn a_broken_connection_is_retryable_and_a_failed_statement_is_not() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(super::Error::from(sqlx::Error::Io(reset)).is_unavailable());
+        assert!(super::Error::from(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!super::Error::from(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!super::Error::from(sqlx::Error::ColumnNotFound("x".into())).is_unavailable());
     }
 }

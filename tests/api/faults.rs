@@ -74,3 +74,43 @@ async fn the_database_going_away_is_a_503_and_recovery_is_automatic() {
     let v: serde_json::Value = app.get("/api/v1/audit/verify").await.json().await.unwrap();
     assert!(v["broken"].is_null(), "{v}");
 }
+
+/// The database ends every session of the registry while it is idle (an
+/// administrator's `pg_terminate_backend`, a failover, a pooler's idle
+/// timeout) and says nothing more. The registry finds the dead connections
+/// before using them: the next requests succeed, none answers 503.
+#[tokio::test]
+async fn connections_the_database_dropped_while_idle_are_replaced_before_use() {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn_with(Db::Postgres, |c| c.metrics.pull_stats = false).await;
+    let (_, digest) = app.push_image("faults/idle", "v1", b"layer one").await;
+    let db = url::Url::parse(&app.config.database.url).unwrap();
+    let db = db.path().trim_start_matches('/').to_string();
+    let mut admin = sqlx::PgConnection::connect(&crate::helpers::postgres_admin_url())
+        .await
+        .unwrap();
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty(), "the registry held no connection to end");
+    // Idle a little longer than the ping threshold, as after a real drop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let r = app.get("/v2/faults/idle/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    let r = app
+        .get(&format!("/v2/faults/idle/manifests/{digest}"))
+        .await;
+    assert_eq!(r.status(), 200);
+    // The push path's own connections (and its one-statement changes).
+    app.push_image("faults/idle", "v2", b"layer two").await;
+    let r = app.get("/v2/faults/idle/tags/list").await;
+    assert_eq!(r.status(), 200);
+    let tags: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
+}
