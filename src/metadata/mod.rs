@@ -492,7 +492,7 @@ pub struct Metadata {
 /// `plan_cache_mode = force_generic_plan`: such a statement is ten inserts and
 /// updates by key, and PostgreSQL otherwise plans it again on every execution
 /// (a custom plan wins its cost comparison), which measured a fifth of the
-/// throughput of manifest pushes on two cores (BENCHMARKS.md). The other
+/// throughput of manifest pushes on two cores (docs/benchmarks-history.md). The other
 /// connections keep the default: some reads there (optional filters, prefix
 /// searches) need plans for their actual parameters.
 const GUARDED_SHARE: u32 = 2;
