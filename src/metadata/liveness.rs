@@ -2,7 +2,7 @@
 //!
 //! sqlx's default pings every connection as it leaves the pool: one more
 //! round trip to the server, a wake-up of its backend process, before every
-//! statement. Under load that was a tenth of a 4 KiB push's cost on two cores
+//! statement. Without it 4 KiB pushes ran 11–15% faster on two cores
 //! (BENCHMARKS.md), and a connection used a millisecond ago tells nothing new
 //! by answering it.
 //!
@@ -24,10 +24,10 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::Connection as _;
 
 /// A connection idle this long is pinged before use.
-pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_millis(100);
+const PING_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// How long after a broken connection every connection is pinged before use.
-pub(crate) const PING_ALL_AFTER_TROUBLE: Duration = Duration::from_secs(30);
+const PING_ALL_AFTER_TROUBLE: Duration = Duration::from_secs(30);
 
 /// When this process last saw a database connection break (Unix ms; 0:
 /// never). Process-wide: every pool in the process shares the database
