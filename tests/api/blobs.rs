@@ -191,6 +191,41 @@ async fn empty_blobs_round_trip(app: TestApp) {
     assert!(r.bytes().await.unwrap().is_empty());
 }
 
+/// Large bodies are written in batches whose size depends on how many
+/// uploads are in flight, so it changes while they run; each blob must still
+/// be exactly its own bytes.
+async fn large_pushes_at_once_each_store_exactly_their_bytes(app: TestApp) {
+    let blobs: Vec<Vec<u8>> = (0..5u64)
+        .map(|i| {
+            let len = (3 << 20) + (i as usize) * 4099 + 1;
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i + 1);
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect();
+    // Each push carries its digest; the registry answers 201 only if what it
+    // stored hashes to it.
+    let digests =
+        futures::future::join_all(blobs.iter().map(|b| app.push_blob("demo/large", b))).await;
+    for (data, d) in blobs.iter().zip(&digests) {
+        assert_eq!(d, &sha256(data));
+        let r = app.get(&format!("/v2/demo/large/blobs/{d}")).await;
+        assert_eq!(r.status(), 200);
+        let got = r.bytes().await.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(
+            got.as_ref() == data.as_slice(),
+            "blob {d} came back altered"
+        );
+    }
+}
+
 both!(
     get_and_head_describe_the_blob,
     range_requests_return_206_with_content_range,
@@ -202,4 +237,5 @@ both!(
     invalid_repository_names_are_400_name_invalid,
     nested_repository_names_work,
     empty_blobs_round_trip,
+    large_pushes_at_once_each_store_exactly_their_bytes,
 );
