@@ -1191,9 +1191,11 @@ fn join_files(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::domain::Algorithm;
+
     #[test]
     fn a_lone_upload_writes_larger_batches_past_its_first_mib_and_many_keep_small_ones() {
-        use super::{write_batch, LOCAL_WRITE_BATCH, LOCAL_WRITE_BATCH_MAX, LOCAL_WRITE_BUDGET};
         // The first MiB always goes in small batches (small blobs' memory).
         assert_eq!(write_batch(0, 1), LOCAL_WRITE_BATCH);
         assert_eq!(write_batch(1 << 20, 1), LOCAL_WRITE_BATCH);
@@ -1217,9 +1219,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
-    use crate::domain::Algorithm;
 
     fn chunks(data: &[u8], size: usize) -> impl Stream<Item = std::result::Result<Bytes, String>> {
         let v: Vec<_> = data

@@ -3,7 +3,7 @@
 use reqwest::Method;
 
 use crate::both;
-use crate::helpers::{error_code, sha256, TestApp};
+use crate::helpers::{error_code, seeded_bytes, sha256, TestApp};
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
@@ -195,19 +195,8 @@ async fn empty_blobs_round_trip(app: TestApp) {
 /// uploads are in flight, so it changes while they run; each blob must still
 /// be exactly its own bytes.
 async fn large_pushes_at_once_each_store_exactly_their_bytes(app: TestApp) {
-    let blobs: Vec<Vec<u8>> = (0..5u64)
-        .map(|i| {
-            let len = (3 << 20) + (i as usize) * 4099 + 1;
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i + 1);
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
+    let blobs: Vec<Vec<u8>> = (0..5)
+        .map(|i| seeded_bytes(i, (3 << 20) + i * 4099 + 1))
         .collect();
     // Each push carries its digest; the registry answers 201 only if what it
     // stored hashes to it.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use cairn::policy::{Mutability, RuleSpec};
 
 use crate::helpers::{
-    error_code, fresh_postgres_db, fresh_s3_bucket, image_manifest, s3_endpoint, sha256, Db, Serve,
-    TestApp, OCI_MANIFEST,
+    error_code, fresh_postgres_db, fresh_s3_bucket, image_manifest, s3_endpoint, seeded_bytes,
+    sha256, Db, Serve, TestApp, OCI_MANIFEST,
 };
 
 /// Starts `cairn serve` on a free port with its metadata at `database` and its
@@ -71,19 +71,6 @@ fn path_of(location: &str) -> String {
 fn with_digest(path: &str, digest: &str) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
     format!("{path}{sep}digest={digest}")
-}
-
-/// Deterministic bytes unique to `seed`.
-fn bytes(seed: usize, len: usize) -> Vec<u8> {
-    let mut s = 0x9e37_79b9_7f4a_7c15u64 ^ (seed as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
 }
 
 async fn patch(
@@ -339,7 +326,7 @@ async fn pusher(w: usize, fleet: Arc<Fleet>, stop: Arc<AtomicBool>) -> Acked {
             continue;
         }
         acked.blobs.push(cd.clone());
-        let layer = bytes(w * 100_000 + i, 96 * 1024 + i * 101);
+        let layer = seeded_bytes(w * 100_000 + i, 96 * 1024 + i * 101);
         let Some(o) = upload(&c, &fleet, REPO, &layer, 32 * 1024).await else {
             continue;
         };
@@ -377,7 +364,7 @@ async fn three_replicas_share_uploads_and_tags_and_survive_a_kill() {
     let c = client();
 
     // 1. One chunked upload, each request to another replica than the one before.
-    let data = bytes(1, 7 * 1024 * 1024 + 333);
+    let data = seeded_bytes(1, 7 * 1024 * 1024 + 333);
     let digest = sha256(&data);
     let r = c
         .post(format!("{}/v2/replicas/chunks/blobs/uploads/", bases[0]))
@@ -459,7 +446,7 @@ async fn three_replicas_share_uploads_and_tags_and_survive_a_kill() {
     }
 
     // 3. An upload started on replica 2, one chunk acknowledged there.
-    let interrupted = bytes(2, 3 * 1024 * 1024);
+    let interrupted = seeded_bytes(2, 3 * 1024 * 1024);
     let interrupted_digest = sha256(&interrupted);
     let half = interrupted.len() / 2;
     let r = c
