@@ -786,10 +786,13 @@ impl Metadata {
     }
 
     /// Claims `digest` before its bytes are written: an existing row is touched
-    /// (garbage collection then leaves it alone for its grace period). Returns
-    /// false when a collection is deleting it; the caller waits for that to
-    /// finish before writing, or its bytes could be deleted after the write.
-    pub async fn claim_blob(&self, digest: &Digest) -> Result<bool> {
+    /// (garbage collection then leaves it alone for its grace period).
+    /// `Some(true)`: a live row was there, so its bytes may be stored already
+    /// and the caller must link that row, not a new one (`existing` of
+    /// [`Metadata::link_blob`]); `Some(false)`: no row. `None` when a
+    /// collection is deleting it; the caller waits for that to finish before
+    /// writing, or its bytes could be deleted after the write.
+    pub async fn claim_blob(&self, digest: &Digest) -> Result<Option<bool>> {
         let state = on_read!(self, "claim_blob", |p| {
             sqlx::query_scalar::<_, String>("SELECT state FROM blobs WHERE digest = $1")
                 .bind(digest.as_str())
@@ -799,7 +802,7 @@ impl Metadata {
         match state.as_deref() {
             // No row: nothing for a collection to delete; whoever inserts it
             // makes it fresh.
-            None => Ok(true),
+            None => Ok(Some(false)),
             Some("live") => {
                 let n = on_write!(self, "claim_blob", |p| {
                     sqlx::query(
@@ -813,7 +816,7 @@ impl Metadata {
                     .map(|r| r.rows_affected())
                 })?;
                 if n == 1 {
-                    return Ok(true);
+                    return Ok(Some(true));
                 }
                 // Collected meanwhile, or claimed by a collection: ask again.
                 let again = on_read!(self, "claim_blob", |p| {
@@ -822,15 +825,21 @@ impl Metadata {
                         .fetch_optional(p)
                         .await
                 })?;
-                Ok(again.is_none())
+                Ok(again.is_none().then_some(false))
             }
-            Some(_) => Ok(false),
+            Some(_) => Ok(None),
         }
     }
 
     /// Records a stored, verified blob and lets `repository_id` serve it.
     /// `entry` is its audit record (`blob.push` or `blob.mount`). Returns false,
     /// changing nothing, when garbage collection is deleting the blob.
+    ///
+    /// `existing`: the caller relies on bytes stored under a row that was live
+    /// when it looked (a mount; a push whose claim found the row and did not
+    /// rewrite the file). Only that row is linked: if a collection deleted it
+    /// meanwhile, its bytes went with it, and a new row would name bytes that
+    /// are gone, so this returns false too.
     pub async fn link_blob(
         &self,
         repository_id: i64,
@@ -838,19 +847,29 @@ impl Metadata {
         size: u64,
         origin: &Origin,
         entry: AuditEntry,
+        existing: bool,
     ) -> Result<bool> {
         let entry = entry.digest(digest.as_str());
         if self.backend_name() == "postgres" {
             // The common case: the blob is not being collected.
             let mut one = exec::OneStatement::default();
-            link_at_once(&mut one, repository_id, digest, size, origin, &entry).await?;
+            link_at_once(
+                &mut one,
+                repository_id,
+                digest,
+                size,
+                origin,
+                &entry,
+                existing,
+            )
+            .await?;
             if self.at_once("link_blob", one).await? {
                 return Ok(true);
             }
         }
         let (digest, origin) = (digest.clone(), origin.clone());
         let live = on_batched_write!(self, "link_blob", |c| {
-            if !insert_blob(c, &digest, size).await? {
+            if !insert_blob(c, &digest, size, existing).await? {
                 return Ok(exec::Change::Rollback(false));
             }
             link(c, repository_id, &digest).await?;
@@ -1128,6 +1147,8 @@ impl Metadata {
     ///
     /// Only if the session still holds `u.size` bytes, the state the caller
     /// verified: a chunk that arrived meanwhile makes this return `Gone`.
+    ///
+    /// `existing` as for [`Metadata::link_blob`].
     pub async fn finish_upload(
         &self,
         u: &Upload,
@@ -1135,6 +1156,7 @@ impl Metadata {
         size: u64,
         origin: &Origin,
         entry: AuditEntry,
+        existing: bool,
     ) -> Result<FinishOutcome> {
         let entry = entry.digest(digest.as_str());
         let (id, repository_id, recorded) = (u.id.as_str(), u.repository_id, u.size as i64);
@@ -1157,7 +1179,16 @@ impl Metadata {
             if by_id {
                 one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![id])], 1);
             }
-            link_at_once(&mut one, repository_id, digest, size, origin, &entry).await?;
+            link_at_once(
+                &mut one,
+                repository_id,
+                digest,
+                size,
+                origin,
+                &entry,
+                existing,
+            )
+            .await?;
             if self.at_once("finish_upload", one).await? {
                 return Ok(FinishOutcome::Done);
             }
@@ -1180,7 +1211,7 @@ impl Metadata {
             if by_id && c.execute(END_UPLOAD, args![id.as_str()]).await? != 1 {
                 return Ok(exec::Change::Rollback(FinishOutcome::Gone));
             }
-            if !insert_blob(c, &digest, size).await? {
+            if !insert_blob(c, &digest, size, existing).await? {
                 return Ok(exec::Change::Rollback(FinishOutcome::Collecting));
             }
             link(c, repository_id, &digest).await?;
@@ -1348,7 +1379,7 @@ impl Metadata {
         let outcome = on_batched_write!(self, "put_manifest", |c| {
             let (m, repo) = (&m, repo.as_str());
             let digest = m.digest.as_str();
-            if !insert_blob(c, &m.digest, m.size).await? {
+            if !insert_blob(c, &m.digest, m.size, false).await? {
                 return Ok(exec::Change::Rollback(PutOutcome::Collecting(
                     m.digest.to_string(),
                 )));
@@ -1952,6 +1983,12 @@ const BLOB_INSERT: &str = "INSERT INTO blobs (digest, size, created_at, touched_
        WHERE blobs.state = 'live'
      RETURNING state";
 
+/// [`BLOB_INSERT`] for a row that must already be there: touches it, and
+/// returns no row when it is gone or claimed. Same parameters.
+const BLOB_TOUCH: &str = "UPDATE blobs SET touched_at = $3, touches = touches + 1
+      WHERE digest = $1 AND size = $2 AND state = 'live'
+     RETURNING state";
+
 /// Binds a new tag: inserts nothing when the tag exists or, for an immutable
 /// tag ($5 = 1), when its pin names another digest. Parameters: repository id,
 /// tag, digest, now, immutable.
@@ -1970,10 +2007,11 @@ async fn insert_blob<E: exec::Exec + ?Sized>(
     ex: &mut E,
     digest: &Digest,
     size: u64,
+    existing: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
     let state = ex
         .fetch(
-            BLOB_INSERT,
+            if existing { BLOB_TOUCH } else { BLOB_INSERT },
             exec::args![digest.as_str(), size as i64, now_ms()],
         )
         .await?;
@@ -1981,12 +2019,11 @@ async fn insert_blob<E: exec::Exec + ?Sized>(
 }
 
 /// Guards `one` on [`BLOB_INSERT`] of `digest`: the row is inserted or
-/// touched, not claimed by a collection.
-fn guard_blob_row(one: &mut exec::OneStatement, digest: &str, size: u64, now: i64) {
-    one.guard(
-        vec![(BLOB_INSERT.to_string(), args![digest, size as i64, now])],
-        1,
-    );
+/// touched, not claimed by a collection; with `existing`, on [`BLOB_TOUCH`]:
+/// the row was there and still is.
+fn guard_blob_row(one: &mut exec::OneStatement, digest: &str, size: u64, now: i64, existing: bool) {
+    let sql = if existing { BLOB_TOUCH } else { BLOB_INSERT };
+    one.guard(vec![(sql.to_string(), args![digest, size as i64, now])], 1);
 }
 
 /// What making a stored blob visible in a repository writes, added to `one`:
@@ -1998,8 +2035,9 @@ async fn link_at_once(
     size: u64,
     origin: &Origin,
     entry: &AuditEntry,
+    existing: bool,
 ) -> std::result::Result<(), sqlx::Error> {
-    guard_blob_row(one, digest.as_str(), size, now_ms());
+    guard_blob_row(one, digest.as_str(), size, now_ms(), existing);
     link(one, repository_id, digest).await?;
     audit::append(one, origin, std::slice::from_ref(entry)).await
 }
@@ -2126,7 +2164,7 @@ async fn manifest_push_at_once(
             .len() as i64
     };
     let digest = m.digest.as_str();
-    guard_blob_row(one, digest, m.size, now);
+    guard_blob_row(one, digest, m.size, now, false);
     if !m.blobs.is_empty() {
         // Fresh ones as read, the others touched (a row a collection claimed
         // meanwhile is not): together, every blob.

@@ -390,10 +390,12 @@ impl Registry {
     /// Waits until `digest` may be written: not claimed by a garbage
     /// collection in progress (see `Metadata::claim_blob`). A collection deletes
     /// one blob in milliseconds; after 10 s the request fails as retryable.
-    async fn claim(&self, digest: &Digest) -> Result<()> {
+    /// True when a live row was there: its bytes may be the ones the commit
+    /// keeps, so the link must find that row still there.
+    async fn claim(&self, digest: &Digest) -> Result<bool> {
         for _ in 0..CLAIM_ATTEMPTS {
-            if self.meta.claim_blob(digest).await? {
-                return Ok(());
+            if let Some(existed) = self.meta.claim_blob(digest).await? {
+                return Ok(existed);
             }
             tokio::time::sleep(CLAIM_RETRY).await;
         }
@@ -496,9 +498,10 @@ impl Registry {
         let repo_id = self.meta.ensure_repository(repo).await?;
         let entry = AuditEntry::ok("blob.mount", repo.as_str())
             .detail(serde_json::json!({ "from": from.as_str(), "size": size }));
+        // The bytes are the ones stored under the row just read.
         if !self
             .meta
-            .link_blob(repo_id, digest, size, origin, entry)
+            .link_blob(repo_id, digest, size, origin, entry, true)
             .await?
         {
             // Being collected: the client uploads it instead.
@@ -538,13 +541,13 @@ impl Registry {
                 actual,
             });
         }
-        self.claim(digest).await?;
+        let existing = self.claim(digest).await?;
         self.blobs.commit_parts(&parts, digest).await?;
         let entry = AuditEntry::ok("blob.push", repo.as_str())
             .detail(serde_json::json!({ "size": size, "upload": "monolithic" }));
         if !self
             .meta
-            .link_blob(repo_id, digest, size, origin, entry)
+            .link_blob(repo_id, digest, size, origin, entry, existing)
             .await?
         {
             self.blobs.delete_parts(&keys(&parts)).await;
@@ -789,9 +792,7 @@ impl Registry {
         // a collection to delete, which is all a claim would have found; a
         // row inserted since is fresh, and the statement that finishes the
         // upload refuses one a collection has claimed meanwhile.
-        if blob_row {
-            self.claim(digest).await?;
-        }
+        let existing = blob_row && self.claim(digest).await?;
         if digest.algorithm() == alg {
             let actual = hasher.finish();
             if &actual != digest {
@@ -822,6 +823,7 @@ impl Registry {
                 origin,
                 AuditEntry::ok("blob.push", repo.as_str())
                     .detail(serde_json::json!({ "size": size, "upload": u.id })),
+                existing,
             )
             .await?
         {

@@ -125,7 +125,7 @@ async fn ensure_repository_is_idempotent(meta: &Metadata) {
     let ids: Vec<i64> = ids.into_iter().map(|r| r.unwrap()).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     for i in [id, other, ids[0]] {
-        meta.link_blob(i, &digest(b"x"), 1, &tester(), push())
+        meta.link_blob(i, &digest(b"x"), 1, &tester(), push(), false)
             .await
             .unwrap();
     }
@@ -269,15 +269,15 @@ async fn finish_upload_happens_once(meta: &Metadata) {
     let opened = upload_session(meta, &r).await;
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
     let (first, second) = tokio::join!(
-        meta.finish_upload(&opened, &d, 7, &t, push()),
-        meta.finish_upload(&opened, &d, 7, &t, push())
+        meta.finish_upload(&opened, &d, 7, &t, push(), false),
+        meta.finish_upload(&opened, &d, 7, &t, push(), false)
     );
     let mut outcomes = [first.unwrap(), second.unwrap()];
     outcomes.sort_by_key(|o| *o == FinishOutcome::Gone);
     assert_eq!(outcomes, [FinishOutcome::Done, FinishOutcome::Gone]);
     assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(7));
     assert_eq!(
-        meta.finish_upload(&opened, &d, 7, &t, push())
+        meta.finish_upload(&opened, &d, 7, &t, push(), false)
             .await
             .unwrap(),
         FinishOutcome::Gone
@@ -299,8 +299,8 @@ async fn finish_upload_happens_once(meta: &Metadata) {
         .unwrap());
     let u = meta.upload(&r, &s.id).await.unwrap().unwrap();
     let (first, second) = tokio::join!(
-        meta.finish_upload(&u, &d, 7, &t, push()),
-        meta.finish_upload(&u, &d, 7, &t, push())
+        meta.finish_upload(&u, &d, 7, &t, push(), false),
+        meta.finish_upload(&u, &d, 7, &t, push(), false)
     );
     let mut outcomes = [first.unwrap(), second.unwrap()];
     outcomes.sort_by_key(|o| *o == FinishOutcome::Gone);
@@ -310,7 +310,9 @@ async fn finish_upload_happens_once(meta: &Metadata) {
         "exactly one finish"
     );
     assert_eq!(
-        meta.finish_upload(&u, &d, 7, &t, push()).await.unwrap(),
+        meta.finish_upload(&u, &d, 7, &t, push(), false)
+            .await
+            .unwrap(),
         FinishOutcome::Gone
     );
     assert!(meta.upload(&r, &s.id).await.unwrap().is_none());
@@ -348,7 +350,7 @@ async fn finish_upload_needs_the_state_it_verified(meta: &Metadata) {
         .unwrap());
     let d = digest(b"content");
     assert_eq!(
-        meta.finish_upload(&seen, &d, 7, &tester(), push())
+        meta.finish_upload(&seen, &d, 7, &tester(), push(), false)
             .await
             .unwrap(),
         FinishOutcome::Gone
@@ -369,7 +371,7 @@ fn assert_page(p: &cairn::metadata::Page, items: &[&str], more: bool) {
 async fn listings_paginate(meta: &Metadata) {
     for n in ["c", "a", "b/x", "b", "a-b"] {
         let id = meta.ensure_repository(&repo(n)).await.unwrap();
-        meta.link_blob(id, &digest(b"x"), 1, &tester(), push())
+        meta.link_blob(id, &digest(b"x"), 1, &tester(), push(), false)
             .await
             .unwrap();
     }
@@ -482,7 +484,47 @@ async fn collection_forgets_a_manifests_bytes(meta: &Metadata) {
     assert_eq!(meta.manifest_content(&m.digest).await.unwrap(), None);
 }
 
+/// A push that found a live row (its claim touched it) and kept the stored
+/// file, or a mount, relies on bytes that a collection deletes with that row.
+/// If the row was collected between the look and the link, the link must
+/// fail (the client retries and writes the bytes again), not insert a new
+/// row naming bytes that are gone.
+async fn a_link_to_a_row_collected_meanwhile_fails(meta: &Metadata) {
+    let r = repo("raced");
+    let id = meta.ensure_repository(&r).await.unwrap();
+    let d = digest(b"raced blob");
+    assert!(meta
+        .link_blob(id, &d, 10, &tester(), push(), false)
+        .await
+        .unwrap());
+    // A second push finds the row live and touches it: 1 touch.
+    assert_eq!(meta.claim_blob(&d).await.unwrap(), Some(true));
+    // A collection (no grace) claims and finishes it meanwhile.
+    let later = cairn::metadata::now_ms() + 1;
+    assert!(meta.gc_claim(d.as_str(), later, 1).await.unwrap());
+    assert!(meta.gc_finish(d.as_str(), 10, &tester()).await.unwrap());
+    // The push's link to the row it found fails, and nothing serves the blob.
+    assert!(!meta
+        .link_blob(id, &d, 10, &tester(), push(), true)
+        .await
+        .unwrap());
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), None);
+    // Retried, the claim finds no row; the push writes the bytes and links.
+    assert_eq!(meta.claim_blob(&d).await.unwrap(), Some(false));
+    assert!(meta
+        .link_blob(id, &d, 10, &tester(), push(), false)
+        .await
+        .unwrap());
+    assert_eq!(meta.repository_blob(&r, &d).await.unwrap(), Some(10));
+    // A link that relies on a row still there succeeds.
+    assert!(meta
+        .link_blob(id, &d, 10, &tester(), push(), true)
+        .await
+        .unwrap());
+}
+
 both_stores!(
+    a_link_to_a_row_collected_meanwhile_fails,
     collection_forgets_a_manifests_bytes,
     ensure_repository_is_idempotent,
     put_manifest_binds_all_tags_or_none,
@@ -583,7 +625,7 @@ async fn postgres_manifest_push_reads_only_its_own_blob_rows() {
         .collect();
     let origin = tester();
     futures::stream::iter(&blobs)
-        .map(|b| meta.link_blob(id, b, 10, &origin, push()))
+        .map(|b| meta.link_blob(id, b, 10, &origin, push(), false))
         .buffer_unordered(8)
         .for_each(|linked| async move { assert!(linked.unwrap()) })
         .await;
