@@ -553,7 +553,7 @@ impl Registry {
             self.blobs.delete_parts(&keys(&parts)).await;
             return Err(Error::Collecting(digest.to_string()));
         }
-        self.blobs.delete_parts(&keys(&parts)).await;
+        self.blobs.settle(&parts, digest, !existing).await?;
         Ok(BlobLocation {
             digest: digest.clone(),
             size,
@@ -789,9 +789,10 @@ impl Registry {
         parts.extend(last.clone());
         let size: u64 = parts.iter().map(|p| p.size).sum();
         // Without a blob row when the session was read there is nothing for
-        // a collection to delete, which is all a claim would have found; a
-        // row inserted since is fresh, and the statement that finishes the
-        // upload refuses one a collection has claimed meanwhile.
+        // a collection to delete, which is all a claim would have found; the
+        // statement that finishes the upload refuses a row a collection has
+        // claimed meanwhile, and `settle` places the bytes again should one
+        // have been collected, file and all, before it.
         let existing = blob_row && self.claim(digest).await?;
         if digest.algorithm() == alg {
             let actual = hasher.finish();
@@ -839,7 +840,7 @@ impl Registry {
                 return Err(Error::Collecting(digest.to_string()));
             }
         }
-        self.blobs.delete_parts(&keys(&parts)).await;
+        self.blobs.settle(&parts, digest, !existing).await?;
         Ok(BlobLocation {
             digest: digest.clone(),
             size,

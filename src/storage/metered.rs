@@ -90,6 +90,12 @@ impl MeteredStore {
             .await
     }
 
+    /// See [`BlobStore::settle`].
+    pub async fn settle(&self, parts: &[StoredPart], digest: &Digest, recheck: bool) -> Result<()> {
+        self.timed("settle", self.inner.settle(parts, digest, recheck))
+            .await
+    }
+
     /// See [`BlobStore::commit_rehashed`].
     pub async fn commit_rehashed(
         &self,

@@ -11,7 +11,7 @@
 //! ├── blobs/<algorithm>/<first two hex>/<hex>   content, immutable once written
 //! ├── uploads/<upload id>/<offset>-<nonce>      one object per received chunk
 //! └── staging/<uuid>                            an upload's last chunk, a blob being joined
-//!                                               or re-hashed (renamed into place)
+//!                                               or re-hashed (hard-linked or renamed into place)
 //! ```
 
 use std::sync::Arc;
@@ -316,6 +316,34 @@ impl BlobStore {
             .fold(root.to_path_buf(), |p, part| p.join(part.as_ref()))
     }
 
+    /// What placing `parts` as `digest`'s blob on disk takes, for a blocking call.
+    fn local_placement(
+        &self,
+        root: &std::path::Path,
+        parts: &[StoredPart],
+        digest: &Digest,
+    ) -> LocalPlacement {
+        LocalPlacement {
+            sources: parts
+                .iter()
+                .map(|p| self.local_file(root, &p.key))
+                .collect(),
+            staging: self.local_file(root, &format!("staging/{}", uuid::Uuid::new_v4().simple())),
+            dest: self.local_file(root, Self::blob_path(digest).as_ref()),
+            root: root.to_path_buf(),
+            durable: self.durable_dirs.clone(),
+        }
+    }
+
+    /// What deleting the upload parts `keys` on disk takes, for a blocking call.
+    fn local_cleanup(&self, root: &std::path::Path, keys: &[String]) -> LocalCleanup {
+        LocalCleanup {
+            files: keys.iter().map(|k| self.local_file(root, k)).collect(),
+            uploads: root.join("uploads"),
+            durable: self.durable_dirs.clone(),
+        }
+    }
+
     fn blob_path(digest: &Digest) -> Path {
         let hex = digest.hex();
         Path::from(format!(
@@ -451,46 +479,38 @@ impl BlobStore {
 
     /// Makes the concatenation of `parts`, whose digest the caller has verified
     /// to be `digest`, the content of that blob. A blob that already exists is
-    /// left alone (same digest, same bytes).
+    /// left alone (same digest, same bytes). The parts stay where they are:
+    /// [`BlobStore::settle`] deletes them once the blob is linked, and may
+    /// need them again before that.
     pub async fn commit_parts(&self, parts: &[StoredPart], digest: &Digest) -> Result<()> {
-        let target = Self::blob_path(digest);
         if let (Some(root), false) = (&self.local_root, parts.is_empty()) {
-            // On disk: the check, the move or join, and the fsyncs in one
+            // On disk: the check, the link or join, and the fsyncs in one
             // blocking call instead of a hand-off to the blocking pool each.
             // The kernel joins many chunks (copy_file_range): no pass through
             // user space, no object_store part machinery.
-            let sources: Vec<_> = parts
-                .iter()
-                .map(|p| self.local_file(root, &p.key))
-                .collect();
-            let staging =
-                self.local_file(root, &format!("staging/{}", uuid::Uuid::new_v4().simple()));
-            let dest = self.local_file(root, target.as_ref());
-            let (root, durable) = (root.clone(), self.durable_dirs.clone());
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                if dest.exists() {
-                    return Ok(());
-                }
-                match sources.as_slice() {
-                    [one] => rename_into(one, &dest)?,
-                    many => join_files(many, &staging, &dest)?,
-                }
-                sync_file_and_dirs(&dest, &root, &durable)
-            })
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            let place = self.local_placement(root, parts, digest);
+            tokio::task::spawn_blocking(move || place.run())
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             return Ok(());
         }
         if self.exists(digest).await? {
             return Ok(());
         }
+        self.place(parts, digest).await
+    }
+
+    /// Writes `parts` as `digest`'s blob through the object store, whether or
+    /// not it exists, and makes it durable. The parts stay.
+    async fn place(&self, parts: &[StoredPart], digest: &Digest) -> Result<()> {
+        let target = Self::blob_path(digest);
         match parts {
             [] => {
                 self.store.put(&target, PutPayload::new()).await?;
             }
             [one] => {
                 self.bulk
-                    .rename(&Path::from(one.key.clone()), &target)
+                    .copy(&Path::from(one.key.clone()), &target)
                     .await?;
             }
             many => {
@@ -499,6 +519,44 @@ impl BlobStore {
             }
         }
         self.sync(&target).await
+    }
+
+    /// Ends a commit once the blob's row is linked: deletes the `parts`, and
+    /// first, with `recheck`, places them again if the blob is gone.
+    ///
+    /// A push whose claim found no blob row had nothing keeping a collection
+    /// away between its commit and its link: another push of the same bytes
+    /// may have linked a row meanwhile, which a collection with a grace
+    /// shorter than the push then took, file and all; this push's link then
+    /// made a fresh row for bytes that are gone. A fresh row is not
+    /// collected within its grace, so what is placed here stays.
+    pub async fn settle(&self, parts: &[StoredPart], digest: &Digest, recheck: bool) -> Result<()> {
+        let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
+        if let (Some(root), false) = (&self.local_root, parts.is_empty()) {
+            // The check, a placement if needed, and the deletes: one blocking call.
+            let place = recheck.then(|| self.local_placement(root, parts, digest));
+            let cleanup = self.local_cleanup(root, &keys);
+            let placed = tokio::task::spawn_blocking(move || {
+                let placed = match &place {
+                    Some(p) => p.run()?,
+                    None => false,
+                };
+                cleanup.run();
+                Ok::<_, std::io::Error>(placed)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            if placed {
+                tracing::warn!(%digest, "a collection took the blob while it was pushed; placed it again");
+            }
+            return Ok(());
+        }
+        if recheck && !self.exists(digest).await? {
+            tracing::warn!(%digest, "a collection took the blob while it was pushed; placing it again");
+            self.place(parts, digest).await?;
+        }
+        self.delete_parts(&keys).await;
+        Ok(())
     }
 
     /// Re-reads `parts`, hashes them with `hasher`, and stores them as a blob only
@@ -560,34 +618,8 @@ impl BlobStore {
             return;
         }
         if let Some(root) = &self.local_root {
-            // On disk each session's chunks sit in a directory of their own,
-            // which goes with them (else one empty directory would stay
-            // behind per upload ever made); all in one blocking call.
-            let files: Vec<_> = keys.iter().map(|k| self.local_file(root, k)).collect();
-            let uploads = root.join("uploads");
-            let durable = self.durable_dirs.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let mut dirs = Vec::new();
-                for f in &files {
-                    match std::fs::remove_file(f) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => tracing::warn!(file = %f.display(), error = %e, "could not delete upload part"),
-                    }
-                    if let Some(d) = f.parent().filter(|d| d.parent() == Some(uploads.as_path())) {
-                        dirs.push(d.to_path_buf());
-                    }
-                }
-                dirs.sort();
-                dirs.dedup();
-                for d in dirs {
-                    // Fails, harmlessly, while another chunk is still there.
-                    if std::fs::remove_dir(&d).is_ok() {
-                        durable.forget(&d);
-                    }
-                }
-            })
-            .await;
+            let cleanup = self.local_cleanup(root, keys);
+            let _ = tokio::task::spawn_blocking(move || cleanup.run()).await;
             return;
         }
         for k in keys {
@@ -1149,16 +1181,97 @@ fn create_with_dirs(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-/// Moves `from` to `dest`, creating `dest`'s directory if needed.
-fn rename_into(from: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::rename(from, dest) {
+/// A blob placed on disk from its upload parts (see [`BlobStore::commit_parts`]).
+struct LocalPlacement {
+    sources: Vec<std::path::PathBuf>,
+    staging: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    root: std::path::PathBuf,
+    durable: DurableDirs,
+}
+
+impl LocalPlacement {
+    /// Places the blob, durably, unless it is there already (same digest,
+    /// same bytes); true when it was placed.
+    fn run(&self) -> std::io::Result<bool> {
+        if self.dest.exists() {
+            return Ok(false);
+        }
+        match self.sources.as_slice() {
+            [one] => link_into(one, &self.dest, &self.staging)?,
+            many => join_files(many, &self.staging, &self.dest)?,
+        }
+        sync_file_and_dirs(&self.dest, &self.root, &self.durable)?;
+        Ok(true)
+    }
+}
+
+/// Upload parts to delete on disk (see [`BlobStore::delete_parts`]).
+struct LocalCleanup {
+    files: Vec<std::path::PathBuf>,
+    uploads: std::path::PathBuf,
+    durable: DurableDirs,
+}
+
+impl LocalCleanup {
+    /// Deletes the files, missing ones included, and the session directories
+    /// left empty: each session's chunks sit in a directory of their own,
+    /// which goes with them (else one empty directory would stay behind per
+    /// upload ever made).
+    fn run(&self) {
+        let mut dirs = Vec::new();
+        for f in &self.files {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "could not delete upload part")
+                }
+            }
+            if let Some(d) = f
+                .parent()
+                .filter(|d| d.parent() == Some(self.uploads.as_path()))
+            {
+                dirs.push(d.to_path_buf());
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            // Fails, harmlessly, while another chunk is still there.
+            if std::fs::remove_dir(&d).is_ok() {
+                self.durable.forget(&d);
+            }
+        }
+    }
+}
+
+/// Gives `from`'s file the name `dest` as well, creating `dest`'s directory if
+/// needed: a hard link, so no byte is copied and the part stays for
+/// [`BlobStore::settle`]. `dest` there already is fine (same digest, same
+/// bytes). Where the file system has no hard links, a copy through `staging`.
+fn link_into(
+    from: &std::path::Path,
+    dest: &std::path::Path,
+    staging: &std::path::Path,
+) -> std::io::Result<()> {
+    let linked = match std::fs::hard_link(from, dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::rename(from, dest)
+            std::fs::hard_link(from, dest)
         }
         r => r,
+    };
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "no hard link here; copying the part");
+            join_files(&[from.to_path_buf()], staging, dest)
+        }
     }
 }
 
@@ -1406,6 +1519,69 @@ mod tests {
     #[tokio::test]
     async fn memory_backend() {
         suite(BlobStore::open("memory://").unwrap()).await;
+        settling(BlobStore::open("memory://").unwrap()).await;
+    }
+
+    /// A blob committed from one part or from several, then taken by a
+    /// collection before the push that committed it linked its row:
+    /// `settle` with `recheck` places it again from the parts it kept, and
+    /// deletes them either way.
+    async fn settling(store: BlobStore) {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+        for split in [None, Some(120_000)] {
+            let digest = Digest::compute(Algorithm::Sha256, &data);
+            let mut h = Algorithm::Sha256.hasher();
+            let mut parts = Vec::new();
+            if let Some(at) = split {
+                parts.extend(
+                    store
+                        .write_part("c1", 0, chunks(&data[..at], 4096), &mut h, u64::MAX)
+                        .await
+                        .unwrap(),
+                );
+            }
+            let rest = &data[split.unwrap_or(0)..];
+            parts.extend(
+                store
+                    .write_last_part(chunks(rest, 4096), &mut h, u64::MAX)
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(h.finish(), digest);
+            let part_there = |k: String| {
+                let store = store.store.clone();
+                async move { store.head(&Path::from(k)).await.is_ok() }
+            };
+
+            store.commit_parts(&parts, &digest).await.unwrap();
+            store.delete_blob(&digest).await.unwrap();
+            store.settle(&parts, &digest, true).await.unwrap();
+            assert_eq!(&store.read(&digest).await.unwrap()[..], &data[..]);
+            for p in &parts {
+                assert!(!part_there(p.key.clone()).await, "part {} stayed", p.key);
+            }
+
+            // Found in place: left alone; without `recheck`: not looked for.
+            let mut h = Algorithm::Sha256.hasher();
+            let again = store
+                .write_last_part(chunks(&data, 65536), &mut h, u64::MAX)
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .commit_parts(std::slice::from_ref(&again), &digest)
+                .await
+                .unwrap();
+            store
+                .settle(std::slice::from_ref(&again), &digest, true)
+                .await
+                .unwrap();
+            assert_eq!(&store.read(&digest).await.unwrap()[..], &data[..]);
+            assert!(!part_there(again.key.clone()).await);
+            store.delete_blob(&digest).await.unwrap();
+            store.settle(&[], &digest, false).await.unwrap();
+            assert!(!store.exists(&digest).await.unwrap());
+        }
     }
 
     /// A store on a fresh temporary directory, which must outlive it.
@@ -1420,6 +1596,12 @@ mod tests {
     async fn local_filesystem_backend() {
         let (_dir, store) = local_store();
         suite(store).await;
+        let (dir, store) = local_store();
+        settling(store).await;
+        let staged = std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 0, "a part stayed behind in staging");
     }
 
     /// A body that breaks off, or runs past its limit, after some of it was
