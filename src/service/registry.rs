@@ -850,7 +850,8 @@ impl Registry {
     /// Cancels every upload session idle for longer than `ttl` and deletes its
     /// chunks; returns how many were cancelled. Safe on any number of replicas at
     /// once: each session is deleted by exactly one of them, and only if no chunk
-    /// arrived since it was found idle.
+    /// arrived since it was found idle. Then deletes staged files as old, which
+    /// only an interrupted process leaves (`BlobStore::sweep_staging`).
     pub async fn expire_uploads(&self, ttl: std::time::Duration) -> Result<usize> {
         let before = metadata::now_ms() - ttl.as_millis().min(i64::MAX as u128) as i64;
         let mut expired = 0;
@@ -869,6 +870,13 @@ impl Registry {
                 self.meta
                     .prune_ended_uploads(&SessionId::floor(before))
                     .await?;
+                let swept = self.blobs.sweep_staging(ttl).await?;
+                if swept > 0 {
+                    tracing::info!(
+                        files = swept,
+                        "deleted staged files an interrupted upload left"
+                    );
+                }
                 return Ok(expired);
             }
         }

@@ -96,6 +96,12 @@ impl MeteredStore {
             .await
     }
 
+    /// See [`BlobStore::sweep_staging`].
+    pub async fn sweep_staging(&self, age: std::time::Duration) -> Result<u64> {
+        self.timed("sweep_staging", self.inner.sweep_staging(age))
+            .await
+    }
+
     /// See [`BlobStore::commit_rehashed`].
     pub async fn commit_rehashed(
         &self,

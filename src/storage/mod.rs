@@ -630,6 +630,39 @@ impl BlobStore {
         }
     }
 
+    /// Deletes files under `staging/` last written more than `age` ago, and
+    /// returns how many went. A request keeps a staged file for the length of
+    /// its body and commit, then deletes it (or links it into place and deletes
+    /// its own name, see [`BlobStore::settle`]); one older than any request
+    /// was left by a process that stopped mid-way, a crash or a kill, and would
+    /// otherwise keep its bytes, or a collected blob's, on disk forever.
+    pub async fn sweep_staging(&self, age: std::time::Duration) -> Result<u64> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let cutoff = now_ms.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64);
+        let staging = Path::from("staging");
+        let mut listed = self.store.list(Some(&staging));
+        let mut swept = 0;
+        while let Some(meta) = listed.next().await {
+            let meta = match meta {
+                Ok(m) => m,
+                // Deleted by another sweep meanwhile.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if meta.last_modified.timestamp_millis() >= cutoff {
+                continue;
+            }
+            match self.store.delete(&meta.location).await {
+                Ok(()) => swept += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(swept)
+    }
+
     /// Deletes a blob's bytes (garbage collection, after the metadata claimed
     /// it). Already gone is fine: a collection interrupted after this step
     /// repeats it.
@@ -1520,6 +1553,47 @@ mod tests {
     async fn memory_backend() {
         suite(BlobStore::open("memory://").unwrap()).await;
         settling(BlobStore::open("memory://").unwrap()).await;
+        sweeping(BlobStore::open("memory://").unwrap()).await;
+    }
+
+    /// A staged file older than the age is swept; a fresh one and the blobs stay.
+    async fn sweeping(store: BlobStore) {
+        let staged = |data: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                let mut h = Algorithm::Sha256.hasher();
+                let part = store
+                    .write_last_part(chunks(data, 4), &mut h, u64::MAX)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (part, h.finish())
+            }
+        };
+        let there = |k: String| {
+            let store = store.store.clone();
+            async move { store.head(&Path::from(k)).await.is_ok() }
+        };
+        let (left, _) = staged(b"left by a crash").await;
+        let (blob, digest) = staged(b"a blob").await;
+        store
+            .commit_parts(std::slice::from_ref(&blob), &digest)
+            .await
+            .unwrap();
+        store
+            .settle(std::slice::from_ref(&blob), &digest, false)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let (fresh, _) = staged(b"being uploaded").await;
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(store.sweep_staging(hour).await.unwrap(), 0);
+        assert!(there(left.key.clone()).await);
+        let age = std::time::Duration::from_millis(600);
+        assert_eq!(store.sweep_staging(age).await.unwrap(), 1);
+        assert!(!there(left.key).await, "the old staged file stayed");
+        assert!(there(fresh.key).await, "a fresh staged file went");
+        assert_eq!(&store.read(&digest).await.unwrap()[..], b"a blob");
     }
 
     /// A blob committed from one part or from several, then taken by a
@@ -1597,11 +1671,12 @@ mod tests {
         let (_dir, store) = local_store();
         suite(store).await;
         let (dir, store) = local_store();
-        settling(store).await;
+        settling(store.clone()).await;
         let staged = std::fs::read_dir(dir.path().join("staging"))
             .unwrap()
             .count();
         assert_eq!(staged, 0, "a part stayed behind in staging");
+        sweeping(store).await;
     }
 
     /// A body that breaks off, or runs past its limit, after some of it was

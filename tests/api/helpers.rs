@@ -212,6 +212,23 @@ impl TestApp {
         Self::spawn_on(db, Storage::S3, tweak).await
     }
 
+    /// Writes `bytes` as the object `key` of the registry's store, behind the
+    /// registry's back (as a process stopped mid-upload leaves them).
+    pub async fn put_stored_object(&self, key: &str, bytes: &[u8]) {
+        let url =
+            url::Url::parse(&self.config.storage_url().expect("storage URL")).expect("storage URL");
+        let (store, root) = object_store::parse_url_opts(&url, self.config.storage.s3.options())
+            .expect("object store");
+        let at = key
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(root, |p, part| p.child(part));
+        store
+            .put(&at, bytes.to_vec().into())
+            .await
+            .expect("write to the store");
+    }
+
     /// How many objects the registry's store holds under `prefix` (e.g.
     /// `uploads`), whichever store it is: a test checks the store's contents
     /// without knowing whether they are files or bucket objects.

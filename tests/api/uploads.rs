@@ -687,9 +687,16 @@ macro_rules! both_db {
 }
 
 /// An upload nobody touches for `limits.upload_expiry_secs` is cancelled and its
-/// chunks are deleted from the store.
+/// chunks are deleted from the store; so is a staged file as old, which only a
+/// process stopped mid-upload leaves.
 async fn idle_uploads_expire(db: Db) {
     let app = TestApp::spawn_with(db, |c| c.limits.upload_expiry_secs = 1).await;
+    app.put_stored_object(
+        "staging/0123456789abcdef0123456789abcdef",
+        b"left by a crash",
+    )
+    .await;
+    assert_eq!(app.stored_objects("staging").await, 1);
     let url = start(&app, "demo", "").await;
     let r = patch(&app, &url, Some("0-9"), &[7u8; 10]).await;
     assert_eq!(r.status(), 202);
@@ -717,6 +724,14 @@ async fn idle_uploads_expire(db: Db) {
         0,
         "its chunk is deleted"
     );
+    // The staged file went in the same run or the next one, a second later.
+    while app.stored_objects("staging").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staged file stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     // A session that never received a chunk expires as well, one expiry
     // after it was opened.
     let url = start(&app, "demo", "").await;
