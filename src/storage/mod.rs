@@ -1556,6 +1556,11 @@ mod tests {
         sweeping(BlobStore::open("memory://").unwrap()).await;
     }
 
+    /// Whether the store holds an object at `key` (an upload part, say).
+    async fn has_object(store: &BlobStore, key: &str) -> bool {
+        store.store.head(&Path::from(key)).await.is_ok()
+    }
+
     /// A staged file older than the age is swept; a fresh one and the blobs stay.
     async fn sweeping(store: BlobStore) {
         let staged = |data: &'static [u8]| {
@@ -1569,10 +1574,6 @@ mod tests {
                     .unwrap();
                 (part, h.finish())
             }
-        };
-        let there = |k: String| {
-            let store = store.store.clone();
-            async move { store.head(&Path::from(k)).await.is_ok() }
         };
         let (left, _) = staged(b"left by a crash").await;
         let (blob, digest) = staged(b"a blob").await;
@@ -1588,11 +1589,17 @@ mod tests {
         let (fresh, _) = staged(b"being uploaded").await;
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(store.sweep_staging(hour).await.unwrap(), 0);
-        assert!(there(left.key.clone()).await);
+        assert!(has_object(&store, &left.key).await);
         let age = std::time::Duration::from_millis(600);
         assert_eq!(store.sweep_staging(age).await.unwrap(), 1);
-        assert!(!there(left.key).await, "the old staged file stayed");
-        assert!(there(fresh.key).await, "a fresh staged file went");
+        assert!(
+            !has_object(&store, &left.key).await,
+            "the old staged file stayed"
+        );
+        assert!(
+            has_object(&store, &fresh.key).await,
+            "a fresh staged file went"
+        );
         assert_eq!(&store.read(&digest).await.unwrap()[..], b"a blob");
     }
 
@@ -1622,17 +1629,13 @@ mod tests {
                     .unwrap(),
             );
             assert_eq!(h.finish(), digest);
-            let part_there = |k: String| {
-                let store = store.store.clone();
-                async move { store.head(&Path::from(k)).await.is_ok() }
-            };
 
             store.commit_parts(&parts, &digest).await.unwrap();
             store.delete_blob(&digest).await.unwrap();
             store.settle(&parts, &digest, true).await.unwrap();
             assert_eq!(&store.read(&digest).await.unwrap()[..], &data[..]);
             for p in &parts {
-                assert!(!part_there(p.key.clone()).await, "part {} stayed", p.key);
+                assert!(!has_object(&store, &p.key).await, "part {} stayed", p.key);
             }
 
             // Found in place: left alone; without `recheck`: not looked for.
@@ -1651,7 +1654,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(&store.read(&digest).await.unwrap()[..], &data[..]);
-            assert!(!part_there(again.key.clone()).await);
+            assert!(!has_object(&store, &again.key).await);
             store.delete_blob(&digest).await.unwrap();
             store.settle(&[], &digest, false).await.unwrap();
             assert!(!store.exists(&digest).await.unwrap());

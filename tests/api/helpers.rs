@@ -212,9 +212,11 @@ impl TestApp {
         Self::spawn_on(db, Storage::S3, tweak).await
     }
 
-    /// Writes `bytes` as the object `key` of the registry's store, behind the
-    /// registry's back (as a process stopped mid-upload leaves them).
-    pub async fn put_stored_object(&self, key: &str, bytes: &[u8]) {
+    /// The registry's object store, opened afresh, and the path of `key` in it.
+    fn raw_store(
+        &self,
+        key: &str,
+    ) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
         let url =
             url::Url::parse(&self.config.storage_url().expect("storage URL")).expect("storage URL");
         let (store, root) = object_store::parse_url_opts(&url, self.config.storage.s3.options())
@@ -223,6 +225,13 @@ impl TestApp {
             .split('/')
             .filter(|p| !p.is_empty())
             .fold(root, |p, part| p.child(part));
+        (store, at)
+    }
+
+    /// Writes `bytes` as the object `key` of the registry's store, behind the
+    /// registry's back (as a process stopped mid-upload leaves them).
+    pub async fn put_stored_object(&self, key: &str, bytes: &[u8]) {
+        let (store, at) = self.raw_store(key);
         store
             .put(&at, bytes.to_vec().into())
             .await
@@ -234,14 +243,7 @@ impl TestApp {
     /// without knowing whether they are files or bucket objects.
     pub async fn stored_objects(&self, prefix: &str) -> usize {
         use futures::TryStreamExt;
-        let url =
-            url::Url::parse(&self.config.storage_url().expect("storage URL")).expect("storage URL");
-        let (store, root) = object_store::parse_url_opts(&url, self.config.storage.s3.options())
-            .expect("object store");
-        let under = prefix
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .fold(root, |p, part| p.child(part));
+        let (store, under) = self.raw_store(prefix);
         store
             .list(Some(&under))
             .try_collect::<Vec<_>>()
