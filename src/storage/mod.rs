@@ -532,11 +532,11 @@ impl BlobStore {
     /// collected within its grace, so what is placed here stays.
     pub async fn settle(&self, parts: &[StoredPart], digest: &Digest, recheck: bool) -> Result<()> {
         let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
-        if let (Some(root), false) = (&self.local_root, parts.is_empty()) {
+        let placed = if let (Some(root), false) = (&self.local_root, parts.is_empty()) {
             // The check, a placement if needed, and the deletes: one blocking call.
             let place = recheck.then(|| self.local_placement(root, parts, digest));
             let cleanup = self.local_cleanup(root, &keys);
-            let placed = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 let placed = match &place {
                     Some(p) => p.run()?,
                     None => false,
@@ -545,17 +545,18 @@ impl BlobStore {
                 Ok::<_, std::io::Error>(placed)
             })
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            if placed {
-                tracing::warn!(%digest, "a collection took the blob while it was pushed; placed it again");
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??
+        } else {
+            let missing = recheck && !self.exists(digest).await?;
+            if missing {
+                self.place(parts, digest).await?;
             }
-            return Ok(());
+            self.delete_parts(&keys).await;
+            missing
+        };
+        if placed {
+            tracing::warn!(%digest, "a collection took the blob while it was pushed; placed it again");
         }
-        if recheck && !self.exists(digest).await? {
-            tracing::warn!(%digest, "a collection took the blob while it was pushed; placing it again");
-            self.place(parts, digest).await?;
-        }
-        self.delete_parts(&keys).await;
         Ok(())
     }
 
