@@ -107,8 +107,16 @@ pub struct Registry {
     retention: Arc<RetentionPolicy>,
     /// Manifest bytes by digest. Content-addressed bytes never change, so the
     /// cache needs no invalidation; whether a repository may serve a digest is
-    /// still asked of the database on every request.
+    /// [`Self::digests`]' question.
     manifests: Arc<quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>>,
+    /// (repository, digest) → manifest record, so a pull by digest (what a
+    /// client asks for after resolving a tag, and for each platform of an
+    /// index) asks the database nothing. A record never changes; it can only
+    /// disappear, by a delete or retention. Deletes made here clear the cache
+    /// at once; those made by another replica or a CLI run are seen within
+    /// [`TAG_CACHE_TTL`]. Absent manifests are never cached, so a push is
+    /// pullable at once everywhere.
+    digests: Arc<quick_cache::sync::Cache<(RepoName, Digest), (Instant, ManifestRecord)>>,
     /// Immutable tag → manifest record, so a pull by tag asks the database
     /// nothing. An immutable binding never changes; it can only disappear, by
     /// retention (or a process configured to treat the tag as mutable). Such
@@ -170,9 +178,13 @@ const UPLOAD_COUNT_TTL: Duration = Duration::from_secs(1);
 /// Immutable tag bindings kept in memory.
 const TAG_CACHE_ENTRIES: usize = 16_384;
 
-/// How long a cached tag binding or tag list is served without asking the
-/// database: the longest a replica may lag behind a tag change (a push or a
-/// delete) made by another replica or a CLI run.
+/// Manifest records by (repository, digest) kept in memory.
+const DIGEST_CACHE_ENTRIES: usize = 16_384;
+
+/// How long a cached tag binding, tag list or manifest record is served
+/// without asking the database: the longest a replica may lag behind a tag
+/// change (a push or a delete) or a manifest delete made by another replica
+/// or a CLI run.
 pub const TAG_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Repositories with more tags than this are listed from the database page by
@@ -214,6 +226,7 @@ impl Registry {
                 MANIFEST_CACHE_BYTES,
                 ManifestWeight,
             )),
+            digests: Arc::new(quick_cache::sync::Cache::new(DIGEST_CACHE_ENTRIES)),
             tags: Arc::new(quick_cache::sync::Cache::new(TAG_CACHE_ENTRIES)),
             tag_lists: Arc::new(quick_cache::sync::Cache::with_weighter(
                 1024,
@@ -1153,13 +1166,39 @@ impl Registry {
         self.tag_lists.remove(repo);
     }
 
-    /// Forgets what is cached about tags: called after any change that can
-    /// add, move or remove one.
-    pub(super) fn forget_tags(&self, repo: &RepoName) {
+    /// The manifest `digest` names in `repo`, from the cache while fresh.
+    async fn resolve_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>> {
+        let key = (repo.clone(), digest.clone());
+        if let Some((at, record)) = self.digests.get(&key) {
+            if at.elapsed() < TAG_CACHE_TTL {
+                return Ok(Some(record));
+            }
+        }
+        // A delete bumps the generation (`forget_deleted`): a lookup that
+        // read before it must not cache what it read.
+        let generation = self.tag_generation.load(Ordering::Acquire);
+        let record = self.meta.manifest(repo, digest).await?;
+        if let Some(r) = &record {
+            if self.tag_generation.load(Ordering::Acquire) == generation {
+                self.digests.insert(key, (Instant::now(), r.clone()));
+            }
+        }
+        Ok(record)
+    }
+
+    /// Forgets what is cached about tags and manifests: called after a delete
+    /// (or retention) removed a tag or a manifest.
+    pub(super) fn forget_deleted(&self, repo: &RepoName) {
         self.forget_tag_list(repo);
         // Bindings are cached only for immutable tags, which only deletes
-        // remove; those are rare enough to start over.
+        // remove, and records only for manifests that exist, which only
+        // deletes remove; those are rare enough to start over.
         self.tags.clear();
+        self.digests.clear();
     }
 
     /// Finds a manifest by tag or digest without reading its bytes (HEAD).
@@ -1171,7 +1210,7 @@ impl Registry {
     ) -> Result<ManifestRecord> {
         let record = match reference {
             Reference::Tag(t) => self.resolve_tag(repo, t).await?,
-            Reference::Digest(d) => self.meta.manifest(repo, d).await?,
+            Reference::Digest(d) => self.resolve_digest(repo, d).await?,
         }
         .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
         if !media::acceptable(accept, &record.media_type) {
@@ -1233,7 +1272,7 @@ impl Registry {
             Reference::Tag(t) => self.meta.delete_tag(repo, t, &guard, origin).await?,
         };
         if outcome == DeleteOutcome::Deleted {
-            self.forget_tags(repo);
+            self.forget_deleted(repo);
         }
         match outcome {
             DeleteOutcome::Deleted => Ok(()),

@@ -409,7 +409,7 @@ impl Registry {
                         .await?
                     {
                         RetentionDelete::Deleted { tags } => {
-                            self.forget_tags(&repo);
+                            self.forget_deleted(&repo);
                             progressed = true;
                             done += 1;
                             report.deleted.push(PlannedDeletion { tags, ..d });

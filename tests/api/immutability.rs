@@ -665,8 +665,91 @@ async fn cached_tags_follow_changes(app: TestApp) {
     }
 }
 
+/// Status of a GET and of a HEAD of `repo`'s manifest `digest`.
+async fn by_digest(app: &TestApp, repo: &str, digest: &str) -> (u16, u16) {
+    let path = format!("/v2/{repo}/manifests/{digest}");
+    let get = app
+        .req(Method::GET, &path)
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET")
+        .status()
+        .as_u16();
+    let head = app
+        .req(Method::HEAD, &path)
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("HEAD")
+        .status()
+        .as_u16();
+    (get, head)
+}
+
+/// Pulls by digest are answered from memory too, yet a manifest deleted by
+/// the same server is gone at once, one deleted by another process within
+/// `TAG_CACHE_TTL`, and one pushed anywhere is there at once.
+async fn cached_digests_follow_deletes(app: TestApp) {
+    let repo = "cached-digests";
+    let (a, da) = manifest_for(&app, repo, "a").await;
+    let (b, db) = manifest_for(&app, repo, "b").await;
+    // Untagged manifests, which a delete by digest may remove.
+    assert_eq!(by_digest(&app, repo, &da).await, (404, 404));
+    for (m, d) in [(&a, &da), (&b, &db)] {
+        assert_eq!(
+            app.put_manifest(repo, d, OCI_MANIFEST, m).await.status(),
+            201
+        );
+        assert_eq!(by_digest(&app, repo, d).await, (200, 200));
+    }
+    // Asked again: the record is in memory now.
+    assert_eq!(by_digest(&app, repo, &da).await, (200, 200));
+    assert_eq!(
+        app.delete(&format!("/v2/{repo}/manifests/{da}"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(by_digest(&app, repo, &da).await, (404, 404));
+    // Another process deletes b; this server catches up within the bound.
+    let other = sibling(&app, |_| {}).await;
+    assert_eq!(by_digest(&app, repo, &db).await, (200, 200));
+    let deleted_at = std::time::Instant::now();
+    assert_eq!(
+        other
+            .delete(&format!("/v2/{repo}/manifests/{db}"))
+            .await
+            .status(),
+        202
+    );
+    let bound = cairn::service::TAG_CACHE_TTL + std::time::Duration::from_millis(500);
+    loop {
+        let seen = by_digest(&app, repo, &db).await;
+        if seen == (404, 404) {
+            break;
+        }
+        assert!(
+            deleted_at.elapsed() < bound,
+            "still served after {:?}: {seen:?}",
+            deleted_at.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Pushed again by the other process: pullable here at once.
+    assert_eq!(
+        other
+            .put_manifest(repo, &db, OCI_MANIFEST, &b)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(by_digest(&app, repo, &db).await, (200, 200));
+}
+
 both!(
     cached_tags_follow_changes,
+    cached_digests_follow_deletes,
     content_behind_an_immutable_tag_cannot_be_deleted,
     opposite_order_multi_tag_pushes_do_not_deadlock,
     rebuilt_buildkit_index_is_equivalent_when_enabled,
