@@ -1138,22 +1138,58 @@ impl Registry {
 
     /// The manifest `tag` names, from the cache when the tag is immutable.
     async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRecord>> {
-        let key = (repo.clone(), tag.clone());
-        if let Some((at, record)) = self.tags.get(&key) {
+        self.cached_record(
+            &self.tags,
+            (repo.clone(), tag.clone()),
+            || {
+                self.rules
+                    .decide(repo.as_str(), tag.as_str())
+                    .is_immutable()
+            },
+            self.meta.resolve_tag(repo, tag),
+        )
+        .await
+    }
+
+    /// The manifest `digest` names in `repo`, from the cache while fresh.
+    async fn resolve_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>> {
+        self.cached_record(
+            &self.digests,
+            (repo.clone(), digest.clone()),
+            || true,
+            self.meta.manifest(repo, digest),
+        )
+        .await
+    }
+
+    /// `key`'s record from `cache` if read less than [`TAG_CACHE_TTL`] ago,
+    /// else from `read`, kept when found and `cacheable()`. A change bumps the
+    /// generation (`forget_tag_list`): a lookup that read before it must not
+    /// cache what it read.
+    async fn cached_record<K>(
+        &self,
+        cache: &quick_cache::sync::Cache<K, (Instant, ManifestRecord)>,
+        key: K,
+        cacheable: impl FnOnce() -> bool,
+        read: impl std::future::Future<Output = metadata::Result<Option<ManifestRecord>>>,
+    ) -> Result<Option<ManifestRecord>>
+    where
+        K: Eq + std::hash::Hash + Clone,
+    {
+        if let Some((at, record)) = cache.get(&key) {
             if at.elapsed() < TAG_CACHE_TTL {
                 return Ok(Some(record));
             }
         }
         let generation = self.tag_generation.load(Ordering::Acquire);
-        let record = self.meta.resolve_tag(repo, tag).await?;
+        let record = read.await?;
         if let Some(r) = &record {
-            if self
-                .rules
-                .decide(repo.as_str(), tag.as_str())
-                .is_immutable()
-                && self.tag_generation.load(Ordering::Acquire) == generation
-            {
-                self.tags.insert(key, (Instant::now(), r.clone()));
+            if cacheable() && self.tag_generation.load(Ordering::Acquire) == generation {
+                cache.insert(key, (Instant::now(), r.clone()));
             }
         }
         Ok(record)
@@ -1164,30 +1200,6 @@ impl Registry {
     fn forget_tag_list(&self, repo: &RepoName) {
         self.tag_generation.fetch_add(1, Ordering::AcqRel);
         self.tag_lists.remove(repo);
-    }
-
-    /// The manifest `digest` names in `repo`, from the cache while fresh.
-    async fn resolve_digest(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<ManifestRecord>> {
-        let key = (repo.clone(), digest.clone());
-        if let Some((at, record)) = self.digests.get(&key) {
-            if at.elapsed() < TAG_CACHE_TTL {
-                return Ok(Some(record));
-            }
-        }
-        // A delete bumps the generation (`forget_deleted`): a lookup that
-        // read before it must not cache what it read.
-        let generation = self.tag_generation.load(Ordering::Acquire);
-        let record = self.meta.manifest(repo, digest).await?;
-        if let Some(r) = &record {
-            if self.tag_generation.load(Ordering::Acquire) == generation {
-                self.digests.insert(key, (Instant::now(), r.clone()));
-            }
-        }
-        Ok(record)
     }
 
     /// Forgets what is cached about tags and manifests: called after a delete

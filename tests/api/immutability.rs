@@ -668,23 +668,12 @@ async fn cached_tags_follow_changes(app: TestApp) {
 /// Status of a GET and of a HEAD of `repo`'s manifest `digest`.
 async fn by_digest(app: &TestApp, repo: &str, digest: &str) -> (u16, u16) {
     let path = format!("/v2/{repo}/manifests/{digest}");
-    let get = app
-        .req(Method::GET, &path)
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("GET")
-        .status()
-        .as_u16();
-    let head = app
-        .req(Method::HEAD, &path)
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("HEAD")
-        .status()
-        .as_u16();
-    (get, head)
+    let mut statuses = [0u16; 2];
+    for (status, method) in statuses.iter_mut().zip([Method::GET, Method::HEAD]) {
+        let r = app.req(method, &path).header("Accept", OCI_MANIFEST).send();
+        *status = r.await.expect("request").status().as_u16();
+    }
+    (statuses[0], statuses[1])
 }
 
 /// Pulls by digest are answered from memory too, yet a manifest deleted by
