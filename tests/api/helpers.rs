@@ -385,6 +385,28 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
+/// Polls `caught_up` every 50 ms until it holds, failing (with `what` it
+/// last saw) once `TAG_CACHE_TTL` and some slack have passed since `since`:
+/// the longest a server may serve what another process changed.
+pub async fn within_cache_ttl<F, Fut>(since: std::time::Instant, mut caught_up: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let bound = cairn::service::TAG_CACHE_TTL + std::time::Duration::from_millis(500);
+    loop {
+        let Err(what) = caught_up().await else {
+            return;
+        };
+        assert!(
+            since.elapsed() < bound,
+            "still stale after {:?}: {what}",
+            since.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Deterministic, incompressible bytes unique to `seed`.
 pub fn seeded_bytes(seed: usize, len: usize) -> Vec<u8> {
     let mut s = 0x9e37_79b9_7f4a_7c15u64 ^ (seed as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);

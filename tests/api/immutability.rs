@@ -7,7 +7,9 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::both;
-use crate::helpers::{error_code, image_manifest, sha256, Db, TestApp, OCI_MANIFEST};
+use crate::helpers::{
+    error_code, image_manifest, sha256, within_cache_ttl, Db, TestApp, OCI_MANIFEST,
+};
 
 /// Another server over `app`'s database and blobs, with its config tweaked.
 async fn sibling(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
@@ -648,21 +650,15 @@ async fn cached_tags_follow_changes(app: TestApp) {
     );
     assert_eq!(tag_list_of(&lax, repo).await, ["v2", "v3"]);
     // This server catches up within the bound.
-    let bound = cairn::service::TAG_CACHE_TTL + std::time::Duration::from_millis(500);
-    loop {
+    within_cache_ttl(deleted_at, || async {
         let gone = digest_of_tag(&app, repo, "v1").await.is_none();
-        let listed = tag_list_of(&app, repo).await == ["v2", "v3"];
-        if gone && listed {
-            break;
+        let listing = tag_list_of(&app, repo).await;
+        match gone && listing == ["v2", "v3"] {
+            true => Ok(()),
+            false => Err(format!("v1 gone {gone}, listing {listing:?}")),
         }
-        assert!(
-            deleted_at.elapsed() < bound,
-            "still stale after {:?}: v1 gone {gone}, listing {:?}",
-            deleted_at.elapsed(),
-            tag_list_of(&app, repo).await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Status of a GET and of a HEAD of `repo`'s manifest `digest`.
@@ -712,19 +708,13 @@ async fn cached_digests_follow_deletes(app: TestApp) {
             .status(),
         202
     );
-    let bound = cairn::service::TAG_CACHE_TTL + std::time::Duration::from_millis(500);
-    loop {
-        let seen = by_digest(&app, repo, &db).await;
-        if seen == (404, 404) {
-            break;
+    within_cache_ttl(deleted_at, || async {
+        match by_digest(&app, repo, &db).await {
+            (404, 404) => Ok(()),
+            seen => Err(format!("GET and HEAD answer {seen:?}")),
         }
-        assert!(
-            deleted_at.elapsed() < bound,
-            "still served after {:?}: {seen:?}",
-            deleted_at.elapsed()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // Pushed again by the other process: pullable here at once.
     assert_eq!(
         other
