@@ -12,7 +12,7 @@
 #   MINUTES=10        length of the timed phase
 #   CONCURRENCY=32    operations in flight
 #   SIZE=64KiB        size of the pushed and pulled blobs
-#   DB=sqlite         or postgres (127.0.0.1:5432, see SOAK_POSTGRES_URL)
+#   DB=sqlite         or postgres (the server at SOAK_POSTGRES_URL)
 #   PORT=15600        127.0.0.1 port of the server
 #   SOAK_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres
 # Output: target/soak/<db>.jsonl (one line per minute, then the summary line),
@@ -51,7 +51,7 @@ fi
 pg_db=""
 db_url="sqlite://$data/cairn.db"
 if [ "$DB" = postgres ]; then
-  pg_isready -q -h 127.0.0.1 -p 5432 || { echo "no PostgreSQL on 127.0.0.1:5432 (scripts/test.sh starts one)" >&2; exit 1; }
+  pg_isready -q -d "$SOAK_POSTGRES_URL" || { echo "no PostgreSQL answers at $SOAK_POSTGRES_URL (scripts/test.sh starts one on 127.0.0.1:5432)" >&2; exit 1; }
   pg_db="cairn_soak_$$"
   psql -q "$SOAK_POSTGRES_URL" -c "CREATE DATABASE $pg_db" >/dev/null
   db_url="${SOAK_POSTGRES_URL%/*}/$pg_db"

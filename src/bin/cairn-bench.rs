@@ -654,6 +654,14 @@ async fn run(args: &Args) -> Result<Value, String> {
                     _ = tick.tick() => {}
                     _ = async { while !f.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await } } => {}
                 }
+                // At the deadline the operations in flight are still ending:
+                // they belong to this interval, not to one of their own a
+                // fraction of a second long. (They end within their timeout.)
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    while !f.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 let w = match w.lock() {
                     Ok(mut g) => std::mem::take(&mut *g),
                     Err(_) => return,

@@ -477,3 +477,63 @@ async fn disconnects_mid_transfer_leak_no_file_handles() {
         digest
     );
 }
+
+/// `cairn-bench` (scripts/soak.sh, scripts/bench.sh) against a running server:
+/// a timed run reports one line per whole interval, the operations still in
+/// flight at the deadline counted in the last one rather than in a line of
+/// their own a fraction of a second long, then a summary with the server's
+/// CPU and peak memory.
+#[tokio::test]
+async fn the_benchmark_reports_whole_intervals_and_a_summary() {
+    let server = Server::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["--url", &server.base, "--pid"])
+        .arg(server.serve.child.id().to_string())
+        .args([
+            "--scenario",
+            "soak",
+            "--size",
+            "4KiB",
+            "--concurrency",
+            "16",
+        ])
+        .args(["--duration", "2", "--report-every", "1"])
+        .output()
+        .expect("run cairn-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cairn-bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let (intervals, summary): (Vec<_>, Vec<_>) =
+        lines.iter().partition(|l| l.get("interval").is_some());
+    let numbers: Vec<u64> = intervals
+        .iter()
+        .map(|l| l["interval"].as_u64().expect("interval number"))
+        .collect();
+    assert_eq!(numbers, [1, 2], "one line per whole second: {stdout}");
+    for l in &intervals {
+        let secs = l["seconds"].as_f64().expect("seconds");
+        assert!(secs >= 0.9, "an interval of {secs} s: {stdout}");
+        assert!(l["ops"].as_u64().expect("ops") > 0, "{l}");
+    }
+    let [summary] = summary[..] else {
+        panic!("one summary line expected: {stdout}");
+    };
+    assert_eq!(summary["errors"], 0, "{summary}");
+    let ops = summary["ops"].as_u64().expect("ops");
+    let counted: u64 = intervals.iter().filter_map(|l| l["ops"].as_u64()).sum();
+    assert_eq!(ops, counted, "the intervals add up to the run: {stdout}");
+    assert!(summary["server_cpu_s"].as_f64().is_some(), "{summary}");
+    assert!(
+        summary["server_peak_rss_mib"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0),
+        "{summary}"
+    );
+}
