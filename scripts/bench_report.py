@@ -126,6 +126,11 @@ def main():
             after = f"; {fmt(after)} after the matrix" if after is not None else ""
             p(f"| {label} | {fmt(limits.get(key))}{after} | {limits.get(tool)} |")
         p()
+        if limits.get("loopback_rtt_us") is not None:
+            p(
+                f"Loopback round trip between two processes: {fmt(limits['loopback_rtt_us'], 1)} µs "
+                f"({limits.get('loopback_rtt_tool')}); no request at concurrency 1 takes less.\n"
+            )
 
     reps = max((len(v) for v in by.values()), default=0)
     p(
@@ -174,6 +179,14 @@ def main():
     ]
     if extra:
         p("Requests per tag listing: " + ", ".join(f"{reg} {fmt(v)}" for _, reg, v in extra) + ".\n")
+        rtt = limits.get("loopback_rtt_us") if limits else None
+        if rtt:
+            bounds = sorted({(reg, v) for c, reg, v in extra if c.endswith("-n100") and v})
+            p(
+                "At concurrency 1 a listing takes at least one loopback round trip per request: "
+                + ", ".join(f"{reg} at most {fmt(1e6 / (rtt * v))} listings/s" for reg, v in bounds)
+                + ".\n"
+            )
 
     if failures:
         p("## Errors\n")

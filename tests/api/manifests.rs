@@ -738,6 +738,116 @@ async fn a_manifest_with_hundreds_of_layers_keeps_every_reference(app: TestApp) 
     }
 }
 
+/// A burst of pushes, more than run at once, where some must be refused:
+/// every push gets the answer it would get alone. Distinct manifests under new
+/// tags are stored once each (one audit entry and one tag event apiece); one
+/// naming a blob never pushed, or a taken immutable tag, is refused and leaves
+/// nothing; the same manifest pushed eight times under one tag is stored once;
+/// blobs pushed in the same burst, distinct or the same, are all served.
+async fn a_burst_of_pushes_answers_each_as_if_alone(app: TestApp) {
+    use futures::future::join_all;
+    let repo = "burst/app";
+    let config = br#"{"burst":true}"#;
+    let cd = app.push_blob(repo, config).await;
+    let ld = app.push_blob(repo, b"burst layer").await;
+    let layers = [(ld.clone(), b"burst layer".len())];
+    let manifest = |kind: &str| {
+        image_manifest(
+            &cd,
+            config.len(),
+            &layers,
+            Some(&format!("application/vnd.test.{kind}")),
+            None,
+        )
+    };
+    let taken = manifest("taken");
+    let r = app.put_manifest(repo, "taken", OCI_MANIFEST, &taken).await;
+    assert_eq!(r.status(), 201);
+    let absent = sha256(b"never pushed");
+    let dangling = image_manifest(&cd, config.len(), &[(absent, 12)], None, None);
+    let same = manifest("same");
+
+    let valid: Vec<Vec<u8>> = (0..32).map(|i| manifest(&format!("v{i}"))).collect();
+    let others: Vec<Vec<u8>> = (0..8).map(|i| manifest(&format!("other{i}"))).collect();
+    let blobs: Vec<Vec<u8>> = (0..8)
+        .map(|i| format!("burst blob {i}").into_bytes())
+        .collect();
+    let app = &app;
+    let pushes = join_all(
+        valid
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("v{i}"), m, 201, None))
+            .chain((0..8).map(|i| {
+                (
+                    format!("missing{i}"),
+                    &dangling,
+                    400,
+                    Some("MANIFEST_BLOB_UNKNOWN"),
+                )
+            }))
+            .chain(
+                others
+                    .iter()
+                    .map(|m| ("taken".to_string(), m, 409, Some("DENIED"))),
+            )
+            .chain((0..8).map(|_| ("same".to_string(), &same, 201, None)))
+            .map(|(tag, m, status, code)| async move {
+                let r = app.put_manifest(repo, &tag, OCI_MANIFEST, m).await;
+                let got = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                assert_eq!(got, status, "{tag}: {body}");
+                if let Some(code) = code {
+                    assert!(body.contains(code), "{tag}: {body}");
+                }
+            }),
+    );
+    let blob_pushes = join_all(
+        blobs
+            .iter()
+            .chain(std::iter::repeat_n(&blobs[0], 4))
+            .map(|b| async move { app.push_blob(repo, b).await }),
+    );
+    futures::join!(pushes, blob_pushes);
+
+    for (i, m) in valid.iter().enumerate() {
+        assert_manifest(app, repo, &format!("v{i}"), OCI_MANIFEST, m).await;
+        let d = sha256(m);
+        let v = app
+            .get(&format!("/api/v1/audit?digest={d}&action=manifest.push"))
+            .await;
+        let v: serde_json::Value = v.json().await.unwrap();
+        assert_eq!(
+            v["entries"].as_array().map(Vec::len),
+            Some(1),
+            "audit of v{i}: {v}"
+        );
+        let h = app
+            .get(&format!("/api/v1/repositories/{repo}/tags/v{i}/history"))
+            .await;
+        assert_eq!(h.status(), 200);
+        let h: serde_json::Value = h.json().await.unwrap();
+        assert_eq!(
+            h["events"].as_array().map(Vec::len),
+            Some(1),
+            "history of v{i}: {h}"
+        );
+    }
+    for i in 0..8 {
+        assert_manifest_unknown(app, repo, &format!("missing{i}")).await;
+    }
+    assert_manifest(app, repo, "taken", OCI_MANIFEST, &taken).await;
+    assert_manifest(app, repo, "same", OCI_MANIFEST, &same).await;
+    for b in &blobs {
+        let r = app
+            .req(Method::HEAD, &format!("/v2/{repo}/blobs/{}", sha256(b)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 both!(
     invalid_references,
     sha512_manifest_digests,
@@ -755,6 +865,7 @@ both!(
     unknown_manifests_are_404,
     a_push_waits_out_the_collection_of_its_digest,
     a_manifest_with_hundreds_of_layers_keeps_every_reference,
+    a_burst_of_pushes_answers_each_as_if_alone,
 );
 
 both_db!(
