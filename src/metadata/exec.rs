@@ -345,7 +345,7 @@ fn with_clauses(parts: Vec<(String, Vec<Val>)>) -> (String, Vec<Val>) {
 
 /// The SQLSTATE of `cairn_guard_miss()` (PostgreSQL migration 9), which a
 /// [`OneStatement`] raises when a guard did not hold.
-const GUARD_MISS: &str = "CA001";
+pub(crate) const GUARD_MISS: &str = "CA001";
 
 /// A change sent to PostgreSQL as one statement that commits on its own, for
 /// the common case of a write path: one round trip and no `BEGIN`/`COMMIT`,

@@ -485,6 +485,9 @@ pub struct Metadata {
     /// PostgreSQL only: the connections that run the one-statement changes
     /// ([`exec::OneStatement`]) with generic plans (see [`GUARDED_SHARE`]).
     guarded: Option<PgPool>,
+    /// PostgreSQL only: group commit of manifest pushes ([`group`]), on the
+    /// same connections.
+    push_groups: Option<group::PushGroups>,
 }
 
 /// The share (1/n) of PostgreSQL's connections kept for the one-statement
@@ -564,6 +567,7 @@ impl Metadata {
                 observer: None,
                 repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
                 guarded: None,
+                push_groups: None,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             // `max_connections` in all: a share for the one-statement
@@ -589,6 +593,7 @@ impl Metadata {
                 backend: Backend::Postgres(pg),
                 observer: None,
                 repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
+                push_groups: Some(group::PushGroups::new(guarded.clone())),
                 guarded: Some(guarded),
             })
         } else {
@@ -1350,22 +1355,58 @@ impl Metadata {
                 json(&m.children)?,
             )
         };
+        // The common case on PostgreSQL: one statement, alone when a runner is
+        // free, else in the next group with the pushes that queued meanwhile.
         if m.require_blobs && self.backend_name() == "postgres" {
-            let mut one = exec::OneStatement::default();
-            let events = manifest_push_at_once(
-                &mut one,
-                repository_id,
-                &repo,
-                &m,
-                annotations.as_deref(),
-                &tags,
-                &origin,
-                now,
-                (&blob_list, &children_list),
-            )
-            .await?;
-            if self.at_once("put_manifest", one).await? {
-                return Ok(PutOutcome::Stored(events));
+            let alone = self.push_groups.as_ref().and_then(|g| g.try_alone());
+            let mut single = alone.is_some();
+            if alone.is_none() {
+                if let Some(push) = self.group_push(
+                    repository_id,
+                    &repo,
+                    &m,
+                    annotations.as_deref(),
+                    &tags,
+                    &origin,
+                ) {
+                    if let Some(groups) = &self.push_groups {
+                        let started = std::time::Instant::now();
+                        let grouped = groups.push(push).await;
+                        self.observe("put_manifest", started);
+                        match grouped {
+                            group::Grouped::Committed => {
+                                return Ok(PutOutcome::Stored(created_events(
+                                    m.digest.as_str(),
+                                    &tags,
+                                )));
+                            }
+                            group::Grouped::Missed => {}
+                            group::Grouped::Undecided => single = true,
+                        }
+                    }
+                } else {
+                    single = true;
+                }
+            }
+            if single {
+                let mut one = exec::OneStatement::default();
+                let events = manifest_push_at_once(
+                    &mut one,
+                    repository_id,
+                    &repo,
+                    &m,
+                    annotations.as_deref(),
+                    &tags,
+                    &origin,
+                    now,
+                    (&blob_list, &children_list),
+                )
+                .await?;
+                let stored = self.at_once("put_manifest", one).await?;
+                drop(alone);
+                if stored {
+                    return Ok(PutOutcome::Stored(events));
+                }
             }
         }
         let blob_states_sql = format!(
@@ -1534,6 +1575,52 @@ impl Metadata {
             Ok(exec::Change::Commit(PutOutcome::Stored(events)))
         })?;
         Ok(outcome)
+    }
+
+    /// `m` as a member of a group commit ([`group`]): on PostgreSQL, when its
+    /// bytes are text (a manifest is JSON, so always but for a NUL).
+    fn group_push(
+        &self,
+        repository_id: i64,
+        repo: &str,
+        m: &NewManifest,
+        annotations: Option<&str>,
+        tags: &[TagBinding],
+        origin: &Origin,
+    ) -> Option<group::GroupPush> {
+        self.push_groups.as_ref()?;
+        let content = std::str::from_utf8(&m.content).ok()?;
+        if content.contains('\0') {
+            return None;
+        }
+        let distinct = |list: &[Digest]| {
+            let mut seen = std::collections::HashSet::new();
+            list.iter()
+                .map(Digest::as_str)
+                .filter(|d| seen.insert(*d))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let events = created_events(m.digest.as_str(), tags);
+        Some(group::GroupPush {
+            repository_id,
+            digest: m.digest.to_string(),
+            size: m.size as i64,
+            media_type: m.media_type.clone(),
+            artifact_type: m.artifact_type.clone(),
+            subject: m.subject.as_ref().map(|s| s.to_string()),
+            annotations: annotations.map(str::to_string),
+            content: content.to_string(),
+            blobs: distinct(&m.blobs),
+            children: distinct(&m.children),
+            tags: tags
+                .iter()
+                .map(|t| (t.tag.to_string(), t.immutable, t.rule.clone()))
+                .collect(),
+            touch_fresh_ms: m.touch_fresh_ms,
+            origin: origin.clone(),
+            entries: push_entries(repo, m, &events),
+        })
     }
 
     /// Appends events to tag history on their own (outside a push's transaction).
@@ -1946,11 +2033,23 @@ fn record((digest, media_type, size): (String, String, i64)) -> ManifestRecord {
 /// A PostgreSQL array literal of `items` (`{"a","b"}`), for a text parameter
 /// cast with `::text[]`; every element quoted, `"` and `\` escaped.
 fn pg_text_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    pg_array(items.into_iter().map(Some))
+}
+
+/// A PostgreSQL array literal of `items`, `None` as SQL NULL (`{"a",NULL}`),
+/// for a text parameter cast to an array type (`::text[]`, `::bigint[]`):
+/// one parameter however many elements, so one prepared statement serves
+/// every length.
+fn pg_array<'a>(items: impl IntoIterator<Item = Option<&'a str>>) -> String {
     let mut out = String::from("{");
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
+        let Some(item) = item else {
+            out.push_str("NULL");
+            continue;
+        };
         out.push('"');
         for ch in item.chars() {
             if ch == '"' || ch == '\\' {
@@ -2125,18 +2224,22 @@ async fn record_bindings<E: exec::Exec + ?Sized>(
     for e in events {
         insert_event(c, repository_id, e, origin.actor.as_str(), now).await?;
     }
-    let mut entries =
-        vec![AuditEntry::ok("manifest.push", repo)
-            .digest(digest)
-            .detail(serde_json::json!({
-                "media_type": m.media_type,
-                "artifact_type": m.artifact_type,
-                "subject": m.subject.as_ref().map(|s| s.as_str()),
-                "size": m.size,
-                "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
-            }))];
+    audit::append(c, origin, &push_entries(repo, m, events)).await
+}
+
+/// The audit entries of a push of `m` that recorded `events`.
+fn push_entries(repo: &str, m: &NewManifest, events: &[TagEvent]) -> Vec<AuditEntry> {
+    let mut entries = vec![AuditEntry::ok("manifest.push", repo)
+        .digest(m.digest.as_str())
+        .detail(serde_json::json!({
+            "media_type": m.media_type,
+            "artifact_type": m.artifact_type,
+            "subject": m.subject.as_ref().map(|s| s.as_str()),
+            "size": m.size,
+            "tags": events.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(),
+        }))];
     entries.extend(events.iter().map(|e| tag_entry(repo, e)));
-    audit::append(c, origin, &entries).await
+    entries
 }
 
 /// The common manifest push on PostgreSQL, as one statement
@@ -2215,8 +2318,14 @@ async fn manifest_push_at_once(
         );
     }
     record_manifest(one, repository_id, m, annotations, now).await?;
-    let events: Vec<TagEvent> = tags
-        .iter()
+    let events = created_events(digest, tags);
+    record_bindings(one, repository_id, repo, m, tags, &events, origin, now).await?;
+    Ok(events)
+}
+
+/// The events of binding every one of `tags` anew to `digest`.
+fn created_events(digest: &str, tags: &[TagBinding]) -> Vec<TagEvent> {
+    tags.iter()
         .map(|t| TagEvent {
             tag: t.tag.to_string(),
             action: TagAction::Created,
@@ -2224,9 +2333,7 @@ async fn manifest_push_at_once(
             previous_digest: None,
             rule: t.rule.clone(),
         })
-        .collect();
-    record_bindings(one, repository_id, repo, m, tags, &events, origin, now).await?;
-    Ok(events)
+        .collect()
 }
 
 async fn insert_event<E: exec::Exec + ?Sized>(
@@ -2275,6 +2382,7 @@ mod batch;
 mod console;
 mod exec;
 mod gc;
+mod group;
 mod jobs;
 mod liveness;
 mod provenance;
@@ -2298,7 +2406,15 @@ pub use retention::{ArtifactFacts, Hold, Promotion, Protect, ProtectionFacts, Re
 
 #[cfg(test)]
 mod tests {
-    use super::pg_text_array;
+    use super::{pg_array, pg_text_array};
+
+    #[test]
+    fn pg_array_writes_none_as_null_and_quotes_the_rest() {
+        assert_eq!(
+            pg_array([None, Some("NULL"), Some("1")]),
+            r#"{NULL,"NULL","1"}"#
+        );
+    }
 
     #[test]
     fn pg_text_array_quotes_every_element() {
