@@ -35,7 +35,7 @@ use super::{now_ms, pg_array};
 /// Groups in flight at once (pushes running alone included), each on a
 /// connection of its own. Two, so one group's round trip and commit overlap
 /// the next one's execution; measured at c16 on two cores, two ran 27% more
-/// pushes than ungrouped statements and four 13% (docs/benchmarks-history.md).
+/// pushes than ungrouped statements and four 13% (BENCHMARKS.md).
 const RUNNERS: usize = 2;
 
 /// Most pushes in one group: bounds the statement, and so the latency the
