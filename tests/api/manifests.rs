@@ -743,7 +743,8 @@ async fn a_manifest_with_hundreds_of_layers_keeps_every_reference(app: TestApp) 
 /// tags are stored once each (one audit entry and one tag event apiece); one
 /// naming a blob never pushed, or a taken immutable tag, is refused and leaves
 /// nothing; the same manifest pushed eight times under one tag is stored once;
-/// blobs pushed in the same burst, distinct or the same, are all served.
+/// blobs pushed in the same burst, distinct or the same, are all served; every
+/// manifest is served with exactly the bytes pushed.
 async fn a_burst_of_pushes_answers_each_as_if_alone(app: TestApp) {
     use futures::future::join_all;
     let repo = "burst/app";
@@ -751,14 +752,22 @@ async fn a_burst_of_pushes_answers_each_as_if_alone(app: TestApp) {
     let cd = app.push_blob(repo, config).await;
     let ld = app.push_blob(repo, b"burst layer").await;
     let layers = [(ld.clone(), b"burst layer".len())];
+    // Bytes a client may send that a text encoding could alter: quotes and
+    // backslashes, braces and commas, the word NULL, non-ASCII, tabs, CRLF.
     let manifest = |kind: &str| {
-        image_manifest(
+        let compact = image_manifest(
             &cd,
             config.len(),
             &layers,
             Some(&format!("application/vnd.test.{kind}")),
             None,
-        )
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+        v["annotations"] = json!({ "note": "q\"b\\s {},NULL 日本\ttab" });
+        serde_json::to_string_pretty(&v)
+            .unwrap()
+            .replace('\n', "\r\n")
+            .into_bytes()
     };
     let taken = manifest("taken");
     let r = app.put_manifest(repo, "taken", OCI_MANIFEST, &taken).await;
@@ -809,6 +818,23 @@ async fn a_burst_of_pushes_answers_each_as_if_alone(app: TestApp) {
             .map(|b| async move { app.push_blob(repo, b).await }),
     );
     futures::join!(pushes, blob_pushes);
+
+    // Then a burst in which every push is accepted: they commit together.
+    let more: Vec<Vec<u8>> = (32..64).map(|i| manifest(&format!("v{i}"))).collect();
+    join_all(more.iter().enumerate().map(|(i, m)| async move {
+        let r = app
+            .put_manifest(repo, &format!("v{}", i + 32), OCI_MANIFEST, m)
+            .await;
+        assert_eq!(
+            r.status(),
+            201,
+            "v{}: {}",
+            i + 32,
+            r.text().await.unwrap_or_default()
+        );
+    }))
+    .await;
+    let valid: Vec<Vec<u8>> = valid.into_iter().chain(more).collect();
 
     for (i, m) in valid.iter().enumerate() {
         assert_manifest(app, repo, &format!("v{i}"), OCI_MANIFEST, m).await;
