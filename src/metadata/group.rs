@@ -146,8 +146,9 @@ impl PushGroups {
         if start {
             tokio::spawn(Runner(self.inner.clone()).work());
         }
-        // A runner that ended without answering wrote nothing of this push
-        // (it answers every push of a statement that committed).
+        // No answer: the runner was dropped mid-statement (the runtime is
+        // shutting down). Going alone settles it either way: had the group
+        // committed, this push now finds its tags bound, as a re-push does.
         answer.await.unwrap_or(Grouped::Undecided)
     }
 }
