@@ -725,9 +725,10 @@ impl Registry {
         E: std::fmt::Display,
     {
         // An ended session is refused when the end is recorded; any other
-        // refusal of a session without a row first asks whether it ended, so
-        // that the client hears the session is gone rather than what else
-        // was wrong.
+        // failure first asks whether the session ended meanwhile (cancelled,
+        // finished by another request, expired), so that the client hears the
+        // session is gone rather than what else went wrong on the way: a
+        // cancellation deletes the parts this finish may be joining.
         let (u, blob_row) = self
             .upload_and_blob(repo, id, Ended::AtFinish, Some(digest))
             .await?;
@@ -745,8 +746,13 @@ impl Registry {
             )
             .await;
         match done {
-            Err(e) if !stored && !matches!(e, Error::UploadUnknown(_)) => {
-                if self.meta.upload_ended(id).await? {
+            Err(e) if !matches!(e, Error::UploadUnknown(_)) => {
+                let gone = if stored {
+                    self.meta.upload(repo, id).await?.is_none()
+                } else {
+                    self.meta.upload_ended(id).await?
+                };
+                if gone {
                     return Err(Error::UploadUnknown(id.to_string()));
                 }
                 Err(e)

@@ -1,6 +1,7 @@
 //! Blob uploads (end-4a/4b, end-5, end-6, end-11, end-13), as a client sees them.
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use reqwest::{Method, Response};
 use sha2::{Digest as _, Sha512};
 
@@ -740,6 +741,205 @@ async fn idle_uploads_expire(db: Db) {
     assert_upload_gone(&app, &url, b"late").await;
 }
 
+/// A burst of uploads finishing at once, more than run at once, where some
+/// must be refused: every one gets the answer it would get alone. Distinct
+/// blobs (POST then PUT, chunked with a row, single POST, mounts) are stored
+/// and served with one audit entry apiece; the same blob pushed by many at
+/// once, to two repositories, is served by both with one entry per push; a
+/// finish with the wrong digest is refused and leaves nothing; a finish whose
+/// session was cancelled while its body was on the way (with or without a
+/// chunk stored before) is refused as unknown and leaves nothing; a finish racing the session's cancellation either stores the blob
+/// (and the cancellation finds no session) or is refused (and the cancellation
+/// went through).
+async fn a_burst_of_uploads_answers_each_as_if_alone(app: TestApp) {
+    use futures::future::join_all;
+    let app = &app;
+    let repo = "burst/blobs";
+    let blobs = |kind: &str, n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("{kind} {i}: first part|second part").into_bytes())
+            .collect()
+    };
+    let mounted = blobs("mounted", 4);
+    for b in &mounted {
+        app.push_blob("burst/base", b).await;
+    }
+    let monolithic = blobs("monolithic", 24);
+    let chunked = blobs("chunked", 8);
+    let single = blobs("single", 8);
+    let wrong = blobs("wrong", 4);
+    let raced = blobs("raced", 8);
+    let same = b"the same blob, pushed by many".to_vec();
+    // Sessions opened beforehand, so that the finishes come together.
+    let opened = |n: usize| join_all((0..n).map(|_| start(app, repo, "")));
+    let mono_urls = opened(monolithic.len()).await;
+    let wrong_urls = opened(wrong.len()).await;
+    let chunk_urls = join_all(chunked.iter().chain(&raced).map(|b| async move {
+        let url = start(app, repo, "").await;
+        let r = patch(app, &url, None, &b[..12]).await;
+        assert_eq!(r.status(), 202);
+        app.url_of(header(&r, "location").expect("Location"))
+    }))
+    .await;
+    let (chunk_urls, raced_urls) = chunk_urls.split_at(chunked.len());
+
+    let finishes = join_all(
+        mono_urls
+            .iter()
+            .zip(&monolithic)
+            .map(|(url, b)| (url, b, &b[..]))
+            .chain(
+                chunk_urls
+                    .iter()
+                    .zip(&chunked)
+                    .map(|(url, b)| (url, b, &b[12..])),
+            )
+            .map(|(url, b, rest)| async move {
+                let r = put(app, url, &sha256(b), rest).await;
+                assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+            }),
+    );
+    let refused = join_all(wrong_urls.iter().zip(&wrong).map(|(url, b)| async move {
+        let r = put(app, url, &sha256(b"something else"), b).await;
+        assert_eq!(r.status(), 400);
+        assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    }));
+    let races = join_all(raced_urls.iter().zip(&raced).map(|(url, b)| async move {
+        let d = sha256(b);
+        let (finish, cancel) =
+            futures::join!(put(app, url, &d, &b[12..]), app.client.delete(url).send());
+        let cancel = cancel.unwrap().status().as_u16();
+        match finish.status().as_u16() {
+            201 => {
+                assert_eq!(cancel, 404, "cancelled after it finished");
+                true
+            }
+            404 => {
+                assert_eq!(cancel, 204, "finish refused, cancellation lost");
+                assert_eq!(error_code(finish).await, "BLOB_UPLOAD_UNKNOWN");
+                false
+            }
+            other => panic!("finish racing a cancellation: {other}"),
+        }
+    }));
+    let singles = join_all(
+        single
+            .iter()
+            .map(|b| (repo, b))
+            .chain(std::iter::repeat_n((repo, &same), 8))
+            .chain(std::iter::repeat_n(("burst/other", &same), 4))
+            .map(|(repo, b)| async move { app.push_blob(repo, b).await }),
+    );
+    let mounts = join_all(mounted.iter().map(|b| async move {
+        let d = sha256(b);
+        let r = app
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?mount={d}&from=burst/base"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }));
+    // Finishes whose sessions are cancelled while their bodies are on the way
+    // (the session was read when the request began): they reach the end
+    // with the others, and are refused.
+    // Half of them hold a first chunk, which the cancellation deletes while
+    // the finish is on its way to joining it.
+    let held = blobs("held", 8);
+    let mut held_urls = opened(held.len()).await;
+    for (url, b) in held_urls.iter_mut().zip(&held).take(4) {
+        let r = patch(app, url, None, &b[..6]).await;
+        assert_eq!(r.status(), 202);
+        *url = app.url_of(header(&r, "location").expect("Location"));
+    }
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held_finishes = join_all(
+        held_urls
+            .iter()
+            .zip(&held)
+            .enumerate()
+            .map(|(i, (url, b))| {
+                let mut released = released.clone();
+                let sent = if i < 4 { 6 } else { 0 };
+                let (first, rest) = (
+                    Bytes::copy_from_slice(&b[sent..12]),
+                    Bytes::copy_from_slice(&b[12..]),
+                );
+                let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                    .chain(futures::stream::once(async move {
+                        let _ = released.wait_for(|r| *r).await;
+                        Ok(rest)
+                    }));
+                let request = app
+                    .client
+                    .put(with_digest(url, &sha256(b)))
+                    .header("Content-Type", "application/octet-stream")
+                    .body(reqwest::Body::wrap_stream(body));
+                async move {
+                    let r = request.send().await.unwrap();
+                    assert_eq!(r.status(), 404, "finish of a cancelled session");
+                    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+                }
+            }),
+    );
+    let (_, (_, _, raced_stored, _, _)) = futures::join!(held_finishes, async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        for url in &held_urls {
+            let r = app.client.delete(url).send().await.unwrap();
+            assert_eq!(r.status(), 204, "cancelling {url}");
+        }
+        let _ = release.send(true);
+        futures::join!(finishes, refused, races, singles, mounts)
+    });
+
+    // Then a burst in which every upload is accepted: they commit together.
+    let more = blobs("more", 32);
+    let more_urls = opened(more.len()).await;
+    join_all(more_urls.iter().zip(&more).map(|(url, b)| async move {
+        let r = put(app, url, &sha256(b), b).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }))
+    .await;
+
+    let audited = |d: String, action: &'static str| async move {
+        let v = app
+            .get(&format!("/api/v1/audit?digest={d}&action={action}"))
+            .await;
+        let v: serde_json::Value = v.json().await.unwrap();
+        v["entries"].as_array().map_or(0, Vec::len)
+    };
+    for b in monolithic
+        .iter()
+        .chain(&chunked)
+        .chain(&single)
+        .chain(&more)
+    {
+        assert_blob(app, repo, &sha256(b), b).await;
+        assert_eq!(audited(sha256(b), "blob.push").await, 1);
+    }
+    for b in &mounted {
+        assert_blob(app, repo, &sha256(b), b).await;
+        assert_eq!(audited(sha256(b), "blob.mount").await, 1);
+    }
+    assert_blob(app, repo, &sha256(&same), &same).await;
+    assert_blob(app, "burst/other", &sha256(&same), &same).await;
+    assert_eq!(audited(sha256(&same), "blob.push").await, 12);
+    for b in wrong.iter().chain(&held) {
+        assert_no_blob(app, repo, &sha256(b)).await;
+        assert_eq!(audited(sha256(b), "blob.push").await, 0);
+    }
+    for (b, stored) in raced.iter().zip(raced_stored) {
+        if stored {
+            assert_blob(app, repo, &sha256(b), b).await;
+        } else {
+            assert_no_blob(app, repo, &sha256(b)).await;
+        }
+        assert_eq!(audited(sha256(b), "blob.push").await, usize::from(stored));
+    }
+}
+
 both_db!(blobs_over_the_size_limit_are_413, idle_uploads_expire);
 
 both!(
@@ -762,4 +962,5 @@ both!(
     concurrent_chunks_at_one_offset_on_two_servers,
     a_multi_mebibyte_blob_in_chunks,
     a_multi_mebibyte_monolithic_put_is_verified_whole,
+    a_burst_of_uploads_answers_each_as_if_alone,
 );
