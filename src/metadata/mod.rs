@@ -485,9 +485,10 @@ pub struct Metadata {
     /// PostgreSQL only: the connections that run the one-statement changes
     /// ([`exec::OneStatement`]) with generic plans (see [`GUARDED_SHARE`]).
     guarded: Option<PgPool>,
-    /// PostgreSQL only: group commit of manifest pushes ([`group`]), on the
-    /// same connections.
-    push_groups: Option<group::PushGroups>,
+    /// PostgreSQL only: group commit of manifest pushes and of blob links
+    /// ([`group`]), on the same connections.
+    push_groups: Option<group::Groups<group::manifests::GroupPush>>,
+    link_groups: Option<group::Groups<group::blobs::GroupLink>>,
 }
 
 /// The share (1/n) of PostgreSQL's connections kept for the one-statement
@@ -568,6 +569,7 @@ impl Metadata {
                 repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
                 guarded: None,
                 push_groups: None,
+                link_groups: None,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             // `max_connections` in all: a share for the one-statement
@@ -593,7 +595,8 @@ impl Metadata {
                 backend: Backend::Postgres(pg),
                 observer: None,
                 repository_ids: Arc::new(quick_cache::sync::Cache::new(REPOSITORY_ID_CACHE)),
-                push_groups: Some(group::PushGroups::new(guarded.clone())),
+                push_groups: Some(group::Groups::new(guarded.clone())),
+                link_groups: Some(group::Groups::new(guarded.clone())),
                 guarded: Some(guarded),
             })
         } else {
@@ -700,6 +703,37 @@ impl Metadata {
         .await;
         self.observe(op, started);
         Ok(done?)
+    }
+
+    /// The common case of a change on PostgreSQL: alone, as its one
+    /// statement (`single`), when a runner of `groups` is free; else in the
+    /// next group with the changes that queued meanwhile (`member`, `None`
+    /// when the change cannot be grouped). True if it committed; false when
+    /// the general transaction must settle it (a guard of its own missed).
+    async fn common_case<M: group::Member>(
+        &self,
+        op: &'static str,
+        groups: Option<&group::Groups<M>>,
+        member: impl FnOnce() -> Option<M>,
+        single: impl std::future::Future<Output = std::result::Result<exec::OneStatement, sqlx::Error>>,
+    ) -> Result<bool> {
+        let alone = groups.and_then(|g| g.try_alone());
+        if let (None, Some(groups)) = (&alone, groups) {
+            if let Some(member) = member() {
+                let started = std::time::Instant::now();
+                let grouped = groups.send(member).await;
+                self.observe(op, started);
+                match grouped {
+                    group::Grouped::Committed => return Ok(true),
+                    group::Grouped::Missed => return Ok(false),
+                    group::Grouped::Undecided => {}
+                }
+            }
+        }
+        let one = single.await?;
+        let done = self.at_once(op, one).await?;
+        drop(alone);
+        Ok(done)
     }
 
     // ---- repositories -------------------------------------------------------
@@ -857,18 +891,36 @@ impl Metadata {
         let entry = entry.digest(digest.as_str());
         if self.backend_name() == "postgres" {
             // The common case: the blob is not being collected.
-            let mut one = exec::OneStatement::default();
-            link_at_once(
-                &mut one,
-                repository_id,
-                digest,
-                size,
-                origin,
-                &entry,
-                existing,
-            )
-            .await?;
-            if self.at_once("link_blob", one).await? {
+            let single = async {
+                let mut one = exec::OneStatement::default();
+                link_at_once(
+                    &mut one,
+                    repository_id,
+                    digest,
+                    size,
+                    origin,
+                    &entry,
+                    existing,
+                )
+                .await?;
+                Ok(one)
+            };
+            let member = || {
+                Some(group::blobs::GroupLink {
+                    repository_id,
+                    digest: digest.to_string(),
+                    size: size as i64,
+                    existing,
+                    upload_row: None,
+                    ended: None,
+                    origin: origin.clone(),
+                    entry: entry.clone(),
+                })
+            };
+            if self
+                .common_case("link_blob", self.link_groups.as_ref(), member, single)
+                .await?
+            {
                 return Ok(true);
             }
         }
@@ -1171,30 +1223,49 @@ impl Metadata {
         if self.backend_name() == "postgres" {
             // The common case: the session holds what was verified and the
             // blob is not being collected.
-            let mut one = exec::OneStatement::default();
-            if u.stored {
-                one.guard(
-                    vec![(
-                        "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1".to_string(),
-                        args![id, recorded],
-                    )],
-                    1,
-                );
-            }
-            if by_id {
-                one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![id])], 1);
-            }
-            link_at_once(
-                &mut one,
-                repository_id,
-                digest,
-                size,
-                origin,
-                &entry,
-                existing,
-            )
-            .await?;
-            if self.at_once("finish_upload", one).await? {
+            let single = async {
+                let mut one = exec::OneStatement::default();
+                if u.stored {
+                    one.guard(
+                        vec![(
+                            "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1"
+                                .to_string(),
+                            args![id, recorded],
+                        )],
+                        1,
+                    );
+                }
+                if by_id {
+                    one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![id])], 1);
+                }
+                link_at_once(
+                    &mut one,
+                    repository_id,
+                    digest,
+                    size,
+                    origin,
+                    &entry,
+                    existing,
+                )
+                .await?;
+                Ok(one)
+            };
+            let member = || {
+                Some(group::blobs::GroupLink {
+                    repository_id,
+                    digest: digest.to_string(),
+                    size: size as i64,
+                    existing,
+                    upload_row: u.stored.then(|| (id.to_string(), recorded)),
+                    ended: by_id.then(|| id.to_string()),
+                    origin: origin.clone(),
+                    entry: entry.clone(),
+                })
+            };
+            if self
+                .common_case("finish_upload", self.link_groups.as_ref(), member, single)
+                .await?
+            {
                 return Ok(FinishOutcome::Done);
             }
         }
@@ -1358,39 +1429,9 @@ impl Metadata {
         // The common case on PostgreSQL: one statement, alone when a runner is
         // free, else in the next group with the pushes that queued meanwhile.
         if m.require_blobs && self.backend_name() == "postgres" {
-            let alone = self.push_groups.as_ref().and_then(|g| g.try_alone());
-            let mut single = alone.is_some();
-            if alone.is_none() {
-                if let Some(push) = self.group_push(
-                    repository_id,
-                    &repo,
-                    &m,
-                    annotations.as_deref(),
-                    &tags,
-                    &origin,
-                ) {
-                    if let Some(groups) = &self.push_groups {
-                        let started = std::time::Instant::now();
-                        let grouped = groups.push(push).await;
-                        self.observe("put_manifest", started);
-                        match grouped {
-                            group::Grouped::Committed => {
-                                return Ok(PutOutcome::Stored(created_events(
-                                    m.digest.as_str(),
-                                    &tags,
-                                )));
-                            }
-                            group::Grouped::Missed => {}
-                            group::Grouped::Undecided => single = true,
-                        }
-                    }
-                } else {
-                    single = true;
-                }
-            }
-            if single {
+            let single = async {
                 let mut one = exec::OneStatement::default();
-                let events = manifest_push_at_once(
+                manifest_push_at_once(
                     &mut one,
                     repository_id,
                     &repo,
@@ -1402,11 +1443,23 @@ impl Metadata {
                     (&blob_list, &children_list),
                 )
                 .await?;
-                let stored = self.at_once("put_manifest", one).await?;
-                drop(alone);
-                if stored {
-                    return Ok(PutOutcome::Stored(events));
-                }
+                Ok(one)
+            };
+            let member = || {
+                self.group_push(
+                    repository_id,
+                    &repo,
+                    &m,
+                    annotations.as_deref(),
+                    &tags,
+                    &origin,
+                )
+            };
+            if self
+                .common_case("put_manifest", self.push_groups.as_ref(), member, single)
+                .await?
+            {
+                return Ok(PutOutcome::Stored(created_events(m.digest.as_str(), &tags)));
             }
         }
         let blob_states_sql = format!(
@@ -1587,7 +1640,7 @@ impl Metadata {
         annotations: Option<&str>,
         tags: &[TagBinding],
         origin: &Origin,
-    ) -> Option<group::GroupPush> {
+    ) -> Option<group::manifests::GroupPush> {
         self.push_groups.as_ref()?;
         let content = std::str::from_utf8(&m.content).ok()?;
         if content.contains('\0') {
@@ -1602,7 +1655,7 @@ impl Metadata {
                 .collect::<Vec<_>>()
         };
         let events = created_events(m.digest.as_str(), tags);
-        Some(group::GroupPush {
+        Some(group::manifests::GroupPush {
             repository_id,
             digest: m.digest.to_string(),
             size: m.size as i64,
