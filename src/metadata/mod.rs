@@ -736,6 +736,72 @@ impl Metadata {
         Ok(done)
     }
 
+    /// A blob link in the common case on PostgreSQL ([`Metadata::common_case`]):
+    /// the blob's row inserted or touched (not being collected), the
+    /// repository's link and the audit entry, and the end of the upload
+    /// session `ending` when there is one. True if it committed.
+    #[allow(clippy::too_many_arguments)] // the link, its origin and its session
+    async fn link_common_case(
+        &self,
+        op: &'static str,
+        repository_id: i64,
+        digest: &Digest,
+        size: u64,
+        origin: &Origin,
+        entry: &AuditEntry,
+        existing: bool,
+        ending: Option<SessionEnd<'_>>,
+    ) -> Result<bool> {
+        let single = async {
+            let mut one = exec::OneStatement::default();
+            if let Some(e) = &ending {
+                if let Some(recorded) = e.row_size {
+                    one.guard(
+                        vec![(
+                            "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1"
+                                .to_string(),
+                            args![e.id, recorded],
+                        )],
+                        1,
+                    );
+                }
+                if e.by_id {
+                    one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![e.id])], 1);
+                }
+            }
+            link_at_once(
+                &mut one,
+                repository_id,
+                digest,
+                size,
+                origin,
+                entry,
+                existing,
+            )
+            .await?;
+            Ok(one)
+        };
+        let member = || {
+            Some(group::blobs::GroupLink {
+                repository_id,
+                digest: digest.to_string(),
+                size: size as i64,
+                existing,
+                upload_row: ending
+                    .as_ref()
+                    .and_then(|e| e.row_size.map(|n| (e.id.to_string(), n))),
+                ended: ending
+                    .as_ref()
+                    .filter(|e| e.by_id)
+                    .map(|e| e.id.to_string()),
+                origin: origin.clone(),
+                entry: entry.clone(),
+            })
+        };
+        self.common_case(op, self.link_groups.as_ref(), member, single)
+            .await
+    }
+
     // ---- repositories -------------------------------------------------------
 
     pub async fn repository_id(&self, name: &RepoName) -> Result<Option<i64>> {
@@ -889,40 +955,21 @@ impl Metadata {
         existing: bool,
     ) -> Result<bool> {
         let entry = entry.digest(digest.as_str());
-        if self.backend_name() == "postgres" {
-            // The common case: the blob is not being collected.
-            let single = async {
-                let mut one = exec::OneStatement::default();
-                link_at_once(
-                    &mut one,
+        if self.backend_name() == "postgres"
+            && self
+                .link_common_case(
+                    "link_blob",
                     repository_id,
                     digest,
                     size,
                     origin,
                     &entry,
                     existing,
+                    None,
                 )
-                .await?;
-                Ok(one)
-            };
-            let member = || {
-                Some(group::blobs::GroupLink {
-                    repository_id,
-                    digest: digest.to_string(),
-                    size: size as i64,
-                    existing,
-                    upload_row: None,
-                    ended: None,
-                    origin: origin.clone(),
-                    entry: entry.clone(),
-                })
-            };
-            if self
-                .common_case("link_blob", self.link_groups.as_ref(), member, single)
                 .await?
-            {
-                return Ok(true);
-            }
+        {
+            return Ok(true);
         }
         let (digest, origin) = (digest.clone(), origin.clone());
         let live = on_batched_write!(self, "link_blob", |c| {
@@ -1223,47 +1270,22 @@ impl Metadata {
         if self.backend_name() == "postgres" {
             // The common case: the session holds what was verified and the
             // blob is not being collected.
-            let single = async {
-                let mut one = exec::OneStatement::default();
-                if u.stored {
-                    one.guard(
-                        vec![(
-                            "DELETE FROM uploads WHERE id = $1 AND size = $2 RETURNING 1"
-                                .to_string(),
-                            args![id, recorded],
-                        )],
-                        1,
-                    );
-                }
-                if by_id {
-                    one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![id])], 1);
-                }
-                link_at_once(
-                    &mut one,
+            let ending = SessionEnd {
+                id,
+                row_size: u.stored.then_some(recorded),
+                by_id,
+            };
+            if self
+                .link_common_case(
+                    "finish_upload",
                     repository_id,
                     digest,
                     size,
                     origin,
                     &entry,
                     existing,
+                    Some(ending),
                 )
-                .await?;
-                Ok(one)
-            };
-            let member = || {
-                Some(group::blobs::GroupLink {
-                    repository_id,
-                    digest: digest.to_string(),
-                    size: size as i64,
-                    existing,
-                    upload_row: u.stored.then(|| (id.to_string(), recorded)),
-                    ended: by_id.then(|| id.to_string()),
-                    origin: origin.clone(),
-                    entry: entry.clone(),
-                })
-            };
-            if self
-                .common_case("finish_upload", self.link_groups.as_ref(), member, single)
                 .await?
             {
                 return Ok(FinishOutcome::Done);
@@ -2120,6 +2142,16 @@ fn page(mut rows: Vec<String>, n: u32) -> Page {
     let more = rows.len() > n as usize;
     rows.truncate(n as usize);
     Page { items: rows, more }
+}
+
+/// How a blob link ends the upload session that brought the blob.
+struct SessionEnd<'a> {
+    id: &'a str,
+    /// The size the caller verified, when the session has a row (deleted
+    /// only while it still holds that size).
+    row_size: Option<i64>,
+    /// Opened by id: its end is recorded (once).
+    by_id: bool,
 }
 
 /// Ends a session opened by id: one row per id, so of two requests ending
