@@ -1371,6 +1371,14 @@ impl Metadata {
         let by_id = SessionId::parse(&id).is_some();
         let keys = on_write!(self, "delete_upload", |p| {
             let mut tx = p.begin_write().await?;
+            // The session's row first, as a finish takes it first: a cancel
+            // racing a finish then waits for it (and finds the session gone)
+            // instead of taking the end record first and deadlocking with a
+            // finish that holds the row and waits for that record.
+            sqlx::query("UPDATE uploads SET updated_at = updated_at WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
             let ended = if by_id {
                 sqlx::query(END_UPLOAD)
                     .bind(id.as_str())

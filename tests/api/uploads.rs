@@ -768,7 +768,7 @@ async fn a_burst_of_uploads_answers_each_as_if_alone(app: TestApp) {
     let chunked = blobs("chunked", 8);
     let single = blobs("single", 8);
     let wrong = blobs("wrong", 4);
-    let raced = blobs("raced", 8);
+    let raced = blobs("raced", 16);
     let same = b"the same blob, pushed by many".to_vec();
     // Sessions opened beforehand, so that the finishes come together.
     let opened = |n: usize| join_all((0..n).map(|_| start(app, repo, "")));
