@@ -769,16 +769,11 @@ impl Metadata {
                     one.guard(vec![(format!("{END_UPLOAD} RETURNING 1"), args![e.id])], 1);
                 }
             }
-            link_at_once(
-                &mut one,
-                repository_id,
-                digest,
-                size,
-                origin,
-                entry,
-                existing,
-            )
-            .await?;
+            // The blob's row (guarded: not being collected), the link and
+            // its audit entry.
+            guard_blob_row(&mut one, digest.as_str(), size, now_ms(), existing);
+            link(&mut one, repository_id, digest).await?;
+            audit::append(&mut one, origin, std::slice::from_ref(entry)).await?;
             Ok(one)
         };
         let member = || {
@@ -2216,22 +2211,6 @@ async fn insert_blob<E: exec::Exec + ?Sized>(
 fn guard_blob_row(one: &mut exec::OneStatement, digest: &str, size: u64, now: i64, existing: bool) {
     let sql = if existing { BLOB_TOUCH } else { BLOB_INSERT };
     one.guard(vec![(sql.to_string(), args![digest, size as i64, now])], 1);
-}
-
-/// What making a stored blob visible in a repository writes, added to `one`:
-/// the blob's row (guarded: not being collected), the link and its audit entry.
-async fn link_at_once(
-    one: &mut exec::OneStatement,
-    repository_id: i64,
-    digest: &Digest,
-    size: u64,
-    origin: &Origin,
-    entry: &AuditEntry,
-    existing: bool,
-) -> std::result::Result<(), sqlx::Error> {
-    guard_blob_row(one, digest.as_str(), size, now_ms(), existing);
-    link(one, repository_id, digest).await?;
-    audit::append(one, origin, std::slice::from_ref(entry)).await
 }
 
 /// The rows of manifest `m` itself: its bytes, its record, and its references

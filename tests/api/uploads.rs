@@ -844,9 +844,8 @@ async fn a_burst_of_uploads_answers_each_as_if_alone(app: TestApp) {
     }));
     // Finishes whose sessions are cancelled while their bodies are on the way
     // (the session was read when the request began): they reach the end
-    // with the others, and are refused.
-    // Half of them hold a first chunk, which the cancellation deletes while
-    // the finish is on its way to joining it.
+    // with the others, and are refused. Half of them hold a first chunk,
+    // which the cancellation deletes before the finish can join it.
     let held = blobs("held", 8);
     let mut held_urls = opened(held.len()).await;
     for (url, b) in held_urls.iter_mut().zip(&held).take(4) {
